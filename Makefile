@@ -1,0 +1,36 @@
+# querycache — every target works alone on a fresh machine: the first use
+# creates .venv and installs the project into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench lint servers clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	touch $(STAMP)
+
+## Run the sample workload plain and through querycache (SQLite + memory tier).
+demo: $(STAMP)
+	$(BIN)/querycache demo
+
+## Make sure redis-server and PostgreSQL exist, then run the whole suite.
+test: $(STAMP) servers
+	$(BIN)/python -m pytest -q
+
+## Benchmarks: side-by-side ratios, printed (numbers go to docs/benchmarks.md).
+bench: $(STAMP) servers
+	$(BIN)/python -m benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check querycache
+
+servers:
+	@bash .ci/ensure-servers
+
+clean:
+	rm -rf $(VENV) sample_db/data .pytest_cache .ruff_cache
