@@ -1,6 +1,20 @@
-"""querycache: a read-through query cache for SQLAlchemy."""
+"""querycache: a read-through query cache for SQLAlchemy.
 
-from querycache.cache import QueryCache, Report
+Wrap an engine and every safe read is served from memory (then Redis, then
+the database); every committed write invalidates exactly the cached results
+that read the tables it wrote::
 
-__all__ = ["QueryCache", "Report"]
+    from querycache import QueryCache
+
+    cache = QueryCache(ttl=300)
+    engine = cache.wrap(create_engine(url))
+    Session = cache.sessionmaker(bind=engine)
+"""
+
+from querycache.analysis import ALL, Analysis, Analyzer, analyze
+from querycache.cache import QueryCache
+from querycache.errors import OptionError
+from querycache.report import Report
+
+__all__ = ["ALL", "Analysis", "Analyzer", "OptionError", "QueryCache", "Report", "analyze"]
 __version__ = "0.1.0"

@@ -1,54 +1,291 @@
-"""The front object: :class:`QueryCache` (placeholder: passes everything through).
+"""The front object: :class:`QueryCache`.
 
-This stub fixes the public shape so other parts can be built against it; the
-read-through core replaces its insides.
+One cache holds the tiers, the version bookkeeping, the statistics and the
+settings; engines are attached to it with :meth:`QueryCache.wrap`. From
+``session.execute()`` a query reaches the cache in the engine's execution
+context (:mod:`querycache.integration.context`), which looks it up in
+:class:`~querycache.tiers.memory.MemoryTier` and, on a miss, runs it and
+stores the rows.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import orm
-from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from querycache.analysis import Analysis, Analyzer
+from querycache.integration.engine import EngineBinding, attach
+from querycache.integration.views import read_views
+from querycache.invalidation.versions import LocalVersions
+from querycache.report import Report, build_report
+from querycache.settings import Settings
+from querycache.singleflight import Flights
+from querycache.stats import QueryStats, Stats
+from querycache.tiers.memory import MemoryTier
+
+__all__ = ["Plan", "QueryCache"]
+
+log = logging.getLogger("querycache")
+
+_MAX_PLANS = 20_000
 
 
-class Report:
-    """Hit report (placeholder)."""
+class Plan:
+    """Everything derived once per distinct SQL string."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
+    __slots__ = ("analysis", "stats", "tables")
 
-    def as_dict(self) -> dict[str, Any]:
-        return self._data
-
-    def to_json(self) -> str:
-        return json.dumps(self._data, indent=2, default=str)
-
-    def to_text(self) -> str:
-        return self.to_json()
+    def __init__(self, analysis: Analysis, stats: QueryStats) -> None:
+        self.analysis = analysis
+        self.tables: tuple[str, ...] = tuple(sorted(analysis.tables_read))
+        self.stats = stats
 
 
 class QueryCache:
-    def __init__(self, ttl: float = 300, memory_bytes: int = 64 * 2**20, namespace: str = "default",
-                 **settings: Any) -> None:
-        self.ttl = ttl
+    """A read-through cache for SQLAlchemy engines.
 
-    def wrap(self, engine: Any) -> Any:
+    ::
+
+        cache = QueryCache(ttl=300, memory_bytes=64 * 2**20, namespace="app")
+        engine = cache.wrap(create_engine(url))
+        Session = cache.sessionmaker(bind=engine, expire_on_commit=False)
+
+    Every cacheable read through a wrapped engine is served from memory while
+    its entry is valid; every committed write invalidates the entries that
+    read the tables it wrote. See ``docs/architecture.md``.
+
+    :param ttl: seconds an entry lives at most (per statement:
+        ``execution_options(querycache_ttl=...)``).
+    :param memory_bytes: byte budget of the memory tier.
+    :param max_entry_bytes: results larger than this are not cached
+        (default: 1/8 of ``memory_bytes``).
+    :param namespace: isolates caches that share a store.
+    :param lock_timeout: how long concurrent misses of one key wait for the
+        first one's result before running their own query.
+    :param volatile_functions: extra SQL function names whose results must
+        never be cached.
+    :param immutable_functions: functions you declare deterministic and
+        side-effect free (makes queries using them cacheable).
+    :param never_cache_tables: tables whose reads are never cached.
+    :param view_dependencies: view name → base tables it reads, so that
+        writes to the base tables invalidate readers of the view (discovered
+        automatically on PostgreSQL when ``discover_views`` is true).
+    """
+
+    def __init__(
+        self,
+        ttl: float = 300,
+        memory_bytes: int = 64 * 2**20,
+        namespace: str = "default",
+        *,
+        max_entry_bytes: int | None = None,
+        lock_timeout: float = 30.0,
+        volatile_functions: Iterable[str] = (),
+        immutable_functions: Iterable[str] = (),
+        never_cache_tables: Iterable[str] = (),
+        view_dependencies: Mapping[str, Iterable[str]] | None = None,
+        discover_views: bool = True,
+    ) -> None:
+        self.settings = Settings.build(
+            ttl=ttl,
+            memory_bytes=memory_bytes,
+            max_entry_bytes=max_entry_bytes,
+            namespace=namespace,
+            lock_timeout=lock_timeout,
+            discover_views=discover_views,
+        )
+        self.ttl = self.settings.ttl
+        self.lock_timeout = self.settings.lock_timeout
+        self.namespace = self.settings.namespace
+        self.analyzer = Analyzer(
+            volatile_functions=volatile_functions,
+            immutable_functions=immutable_functions,
+            never_cache_tables=never_cache_tables,
+            view_dependencies=dict(view_dependencies or {}),
+        )
+        self._views: dict[str, set[str]] = {
+            k.lower(): {t.lower() for t in v} for k, v in (view_dependencies or {}).items()
+        }
+        self.versions = LocalVersions()
+        self.memory = MemoryTier(
+            self.settings.memory_bytes, self.settings.max_entry_bytes, self.versions
+        )
+        self.flights = Flights()
+        self.stats = Stats()
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._lock = threading.RLock()
+        self._bindings: dict[int, EngineBinding] = {}
+        self._idents: dict[str, int] = {}
+        self._logged: set[tuple[str, type]] = set()
+        self._closed = False
+
+    # -- attaching ------------------------------------------------------------
+    def wrap(self, engine: Engine | AsyncEngine) -> Any:
+        """Attach the cache to ``engine`` (sync or async) and return it.
+
+        Wrapping an engine twice is harmless; wrapping one that another cache
+        already wraps is an error.
+        """
+        sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        if not isinstance(sync, Engine):
+            raise TypeError(
+                f"wrap() expects a sqlalchemy Engine or AsyncEngine, got {type(engine).__name__}"
+            )
+        with self._lock:
+            if id(sync.dialect) in self._bindings:
+                return engine
+            owner = getattr(sync.dialect.execution_ctx_cls, "_qc", None)
+            if owner is not None:
+                raise ValueError("this engine is already wrapped by another QueryCache")
+            if self.settings.discover_views and sync.dialect.name == "postgresql":
+                if sync.dialect.is_async:
+                    views_pending = True
+                else:
+                    self._discover_views_now(sync)
+                    views_pending = False
+            else:
+                views_pending = False
+            identity = EngineBinding.identity_of(sync)
+            ident = self._idents.setdefault(identity, len(self._idents) + 1)
+            binding = attach(self, sync, ident)
+            binding.views_pending = views_pending
+            self._bindings[id(sync.dialect)] = binding
         return engine
 
     def sessionmaker(self, bind: Any = None, **kw: Any) -> orm.sessionmaker[orm.Session]:
+        """A drop-in for :class:`sqlalchemy.orm.sessionmaker` (wraps ``bind``)."""
+        if bind is not None:
+            self.wrap(bind)
         return orm.sessionmaker(bind=bind, **kw)
 
-    def async_sessionmaker(self, bind: Any = None, **kw: Any) -> sa_asyncio.async_sessionmaker:
-        return sa_asyncio.async_sessionmaker(bind=bind, **kw)
+    def async_sessionmaker(self, bind: Any = None, **kw: Any) -> async_sessionmaker[Any]:
+        """A drop-in for :class:`sqlalchemy.ext.asyncio.async_sessionmaker`."""
+        if bind is not None:
+            self.wrap(bind)
+        return async_sessionmaker(bind=bind, **kw)
 
+    # -- invalidation -----------------------------------------------------------
+    def invalidate(self, *tables: str) -> None:
+        """Invalidate every entry that reads any of ``tables``, in every database."""
+        names = frozenset(_table_name(t) for t in tables)
+        if not names:
+            return
+        for scope in self._scopes():
+            self.invalidate_scope(scope, names)
+
+    def clear(self) -> None:
+        """Drop every entry (also any result being read right now)."""
+        self.memory.clear()
+
+    def invalidate_scope(self, scope: str, tables: frozenset[str] | None) -> None:
+        """Apply a committed write: ``tables`` of ``scope`` (``None``: all)."""
+        if tables is not None:
+            tables = self._expand_views(tables)
+            for t in tables:
+                self.stats.table(t).invalidations += 1
+        else:
+            self.stats.events["invalidate everything"] += 1
+        self.memory.invalidate(scope, tables)
+
+    def count_writes(self, tables: Any) -> None:
+        if isinstance(tables, frozenset):
+            for t in tables:
+                self.stats.table(t).writes += 1
+        else:
+            self.stats.events["writes to unknown tables"] += 1
+
+    # -- reporting -----------------------------------------------------------------
     def report(self) -> Report:
-        return Report({"totals": {"calls": 0, "hits": 0, "misses": 0, "bypasses": 0},
-                       "queries": [], "tables": []})
+        """A snapshot of the hit report (see :class:`~querycache.report.Report`)."""
+        return build_report(self)
 
+    def reset_stats(self) -> None:
+        self.stats.reset()
+
+    # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
-        pass
+        """Release the cache's resources (entries are dropped)."""
+        self._closed = True
+        self.memory.clear()
 
     async def aclose(self) -> None:
-        pass
+        """:meth:`close` for code running with async engines."""
+        self.close()
+
+    # -- internals -------------------------------------------------------------------
+    def plan(self, sql: str, dialect: str) -> Plan:
+        """The per-SQL-string facts: analysis, sorted tables, counters."""
+        key = (dialect, sql)
+        plan = self._plans.get(key)
+        if plan is None:
+            analysis = self.analyzer.analyze(sql, dialect)
+            stats = self.stats.query(
+                analysis.fingerprint, analysis.fingerprint_id, analysis.tables_read
+            )
+            plan = Plan(analysis, stats)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """A failure inside the cache layer: counted, logged once per kind."""
+        self.stats.errors[where] += 1
+        marker = (where, type(exc))
+        if marker not in self._logged:
+            self._logged.add(marker)
+            log.warning(
+                "querycache: %s failed (%s); the query ran uncached",
+                where,
+                type(exc).__name__,
+                exc_info=exc,
+            )
+
+    def _scopes(self) -> set[str]:
+        return {b.scope for b in self._bindings.values()}
+
+    def _discover_views_now(self, engine: Engine) -> None:
+        try:
+            raw = engine.raw_connection()
+        except Exception as exc:
+            self.failed("view discovery", exc)
+            return
+        try:
+            self.add_views(read_views(raw))
+            raw.rollback()
+        except Exception as exc:
+            self.failed("view discovery", exc)
+        finally:
+            raw.close()
+
+    def add_views(self, views: Mapping[str, Iterable[str]]) -> None:
+        if not views:
+            return
+        with self._lock:
+            for view, bases in views.items():
+                self._views.setdefault(view, set()).update(bases)
+            self.analyzer.set_view_dependencies({k: sorted(v) for k, v in self._views.items()})
+            self._plans.clear()
+
+    def _expand_views(self, tables: frozenset[str]) -> frozenset[str]:
+        # writes to a view's base table are writes "to" the view's readers;
+        # analysis already adds base tables to reads of views, so nothing to
+        # do for reads — but a write *through* a view must reach its bases.
+        if not self._views:
+            return tables
+        extra = set()
+        for t in tables:
+            extra.update(self._views.get(t, ()))
+        return tables | extra if extra else tables
+
+
+def _table_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"invalidate() takes table names (str), got {name!r}")
+    return name.rsplit(".", 1)[-1].strip('"`[]').lower()

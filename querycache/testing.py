@@ -96,13 +96,20 @@ class RedisServer:
     def _args(self) -> list[str]:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "no",
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
         ]
         for key, value in self.extra.items():
             args += [f"--{key}", value]
@@ -279,31 +286,58 @@ class PostgresServer:
         if self._os_user is not None:
             os.chown(pwfile, self._os_user.pw_uid, self._os_user.pw_gid)
         res = self._run(
-            [self.initdb, "-D", str(self.data), "-U", self.user, "-A", "md5",
-             "--pwfile", str(pwfile), "-E", "UTF8", "--no-sync"],
+            [
+                self.initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "-A",
+                "md5",
+                "--pwfile",
+                str(pwfile),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
             timeout=120,
         )
         if res.returncode:
             raise ServerUnavailable(f"initdb failed: {res.stderr.decode(errors='replace')}")
         opts = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         res = self._run(
-            [self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "log"), "-w",
-             "-t", "60", "-o", f"-p {self.port} {opts}", "start"],
+            [
+                self.pg_ctl,
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port} {opts}",
+                "start",
+            ],
             timeout=90,
         )
         if res.returncode:
-            log = (self.dir / "log").read_text(errors="replace") if (self.dir / "log").exists() else ""
+            log = (
+                (self.dir / "log").read_text(errors="replace")
+                if (self.dir / "log").exists()
+                else ""
+            )
             raise ServerUnavailable(f"pg_ctl start failed: {res.stderr.decode()} {log[-2000:]}")
         _wait_for_port(self.port, time.monotonic() + 30, None)
         return self
 
     def url(self, driver: str = "psycopg", database: str = "postgres") -> str:
         """A SQLAlchemy URL; ``driver`` is ``psycopg`` or ``asyncpg``."""
-        return (
-            f"postgresql+{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
-        )
+        return f"postgresql+{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str, *, extensions: tuple[str, ...] = ("pg_stat_statements",)) -> str:
+    def create_database(
+        self, name: str, *, extensions: tuple[str, ...] = ("pg_stat_statements",)
+    ) -> str:
         """Create database ``name`` (with ``extensions``); return its psycopg URL."""
         import psycopg
 
@@ -318,8 +352,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.data.exists():
-            self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
-                      timeout=60)
+            self._run(
+                [self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"], timeout=60
+            )
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:

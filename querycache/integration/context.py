@@ -1,0 +1,227 @@
+"""The execution context that serves hits, runs misses and records writes.
+
+:func:`wrap <querycache.integration.engine.attach>` gives each engine's
+dialect a subclass of its own execution context class. SQLAlchemy calls, for
+every statement:
+
+``create_cursor()``
+    For anything that may be a read, a placeholder: no real cursor yet.
+``pre_exec()``
+    The statement text and DBAPI parameters are final. A hit puts a
+    :class:`~querycache.integration.cursor.ReplayCursor` in place of the
+    cursor and the driver is never called. A miss opens the real cursor and
+    remembers what to store. A write is recorded as pending on its
+    connection.
+``post_exec()``
+    After the driver ran: a miss fetches the rows, stores them and replays
+    them to SQLAlchemy; a write under autocommit is invalidated now; a
+    ``COMMIT``/``ROLLBACK`` sent as text is followed.
+
+Everything here runs in SQLAlchemy's synchronous code, also for async
+engines (inside their greenlet), so sync and async share every line; the only
+difference is how a follower waits (see :mod:`querycache.integration.io`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from querycache.analysis import ALL
+from querycache.integration.cursor import DEFERRED, ReplayCursor
+from querycache.integration.drivers import in_transaction
+from querycache.invalidation.transactions import STATE_KEY, state_of
+from querycache.keys import stable_repr
+from querycache.tiers.base import Entry
+from querycache.tiers.sizing import rows_size
+
+if TYPE_CHECKING:
+    from querycache.integration.engine import EngineBinding
+
+__all__ = ["CachingContext"]
+
+_perf = time.perf_counter
+
+
+class Miss:
+    """What ``post_exec`` needs to finish a miss."""
+
+    __slots__ = ("flight", "key", "plan", "qs", "snapshot", "started", "store", "ttl")
+
+    def __init__(
+        self, key: Any, plan: Any, qs: Any, snapshot: Any, flight: Any, store: bool, ttl: float
+    ) -> None:
+        self.key = key
+        self.plan = plan
+        self.qs = qs
+        self.snapshot = snapshot
+        self.flight = flight
+        self.store = store
+        self.ttl = ttl
+        self.started = _perf()
+
+
+class CachingContext:
+    """Mixin placed before the dialect's own execution context class."""
+
+    _qc: EngineBinding
+    _qc_miss: Miss | None = None
+    _qc_after: str | None = None
+
+    # -- create_cursor --------------------------------------------------
+    def create_cursor(self) -> Any:
+        if self.is_text or (  # type: ignore[attr-defined]
+            self.compiled is not None  # type: ignore[attr-defined]
+            and not (self.isinsert or self.isupdate or self.isdelete or self.isddl)  # type: ignore[attr-defined]
+        ):
+            return DEFERRED
+        return super().create_cursor()  # type: ignore[misc]
+
+    def _qc_real_cursor(self) -> Any:
+        return super().create_cursor()  # type: ignore[misc]
+
+    # -- pre_exec ---------------------------------------------------------
+    def pre_exec(self) -> None:
+        binding = self._qc
+        key = None
+        if self.cursor is DEFERRED:  # type: ignore[has-type]
+            opts = self.execution_options  # type: ignore[attr-defined]
+            if (
+                not opts or binding.plain_options(opts)
+            ) and STATE_KEY not in self._dbapi_connection.info:  # type: ignore[attr-defined]
+                # The hit path: no analysis, no logging, one dict lookup.
+                params = self.parameters[0]  # type: ignore[attr-defined]
+                if type(params) is dict:
+                    key = (
+                        binding.ident,
+                        self.statement,
+                        tuple(params.items()),  # type: ignore[attr-defined]
+                        tuple([type(v) for v in params.values()]),
+                    )
+                else:
+                    key = (
+                        binding.ident,
+                        self.statement,
+                        params,  # type: ignore[attr-defined]
+                        tuple([type(v) for v in params]),
+                    )
+                try:
+                    entry = binding.memory.get(key)
+                except TypeError:
+                    key = entry = None
+                if entry is not None:
+                    self._qc_serve(entry)
+                    entry.stats.memory_hits += 1
+                    return super().pre_exec()  # type: ignore[misc]
+        try:
+            binding.before(self, key)
+        except Exception as exc:  # the cache must never fail the query
+            binding.core.failed("before execute", exc)
+            self._qc_abandon()
+        if self.cursor is DEFERRED:  # type: ignore[has-type]
+            self.cursor = self._qc_real_cursor()
+        super().pre_exec()  # type: ignore[misc]
+
+    def _qc_serve(self, entry: Entry) -> None:
+        self.cursor = ReplayCursor(entry.description, entry.rows, entry.rowcount)
+        self._is_server_side = False
+        if self._qc.is_async:
+            self._qc.await_ready()
+
+    def _qc_abandon(self) -> None:
+        miss = self._qc_miss
+        if miss is not None:
+            self._qc_miss = None
+            if miss.flight is not None:
+                self._qc.core.flights.land(miss.key, miss.flight, None)
+
+    # -- post_exec --------------------------------------------------------
+    def post_exec(self) -> None:
+        super().post_exec()  # type: ignore[misc]
+        if self._qc_miss is not None:
+            self._qc_finish_miss()
+        if self._qc_after is not None:
+            try:
+                self._qc.after(self, self._qc_after)
+            except Exception as exc:
+                self._qc.core.failed("after execute", exc)
+
+    def _qc_finish_miss(self) -> None:
+        miss = self._qc_miss
+        assert miss is not None
+        self._qc_miss = None
+        cursor = self.cursor  # type: ignore[has-type]
+        try:
+            description = cursor.description
+            if description is None:  # not a row-returning statement after all
+                self._qc.core.flights.land(miss.key, miss.flight, None) if miss.flight else None
+                return
+            rows = cursor.fetchall()
+            rowcount = cursor.rowcount
+        except BaseException:
+            # a database error while fetching: it reaches the caller unchanged
+            if miss.flight is not None:
+                self._qc.core.flights.land(miss.key, miss.flight, None)
+            raise
+        elapsed = _perf() - miss.started
+        if rows and type(rows[0]) is not tuple:
+            rows = [tuple(r) for r in rows]
+        if type(description) is not tuple or (description and type(description[0]) is not tuple):
+            description = tuple(tuple(d) for d in description)
+        self.cursor = ReplayCursor(description, rows, rowcount)
+        try:
+            cursor.close()
+        except Exception:
+            pass
+        try:
+            self._qc.store(miss, description, rows, rowcount, elapsed)
+        except Exception as exc:
+            self._qc.core.failed("store", exc)
+            if miss.flight is not None:
+                self._qc.core.flights.land(miss.key, miss.flight, None)
+
+
+def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
+    """The memory-tier key of one execution (hashable)."""
+    if type(params) is dict:
+        key = (
+            binding.ident,
+            statement,
+            tuple(params.items()),
+            tuple([type(v) for v in params.values()]),
+        )
+    else:
+        key = (binding.ident, statement, params, tuple([type(v) for v in params]))
+    try:
+        hash(key)
+    except TypeError:
+        return (binding.ident, statement, stable_repr(params))
+    return key
+
+
+def record_write(info: dict[str, Any], tables: Any) -> None:
+    """Mark ``tables`` (or ``ALL``) pending on this connection."""
+    state = state_of(info)
+    if tables is ALL:
+        state.everything = True
+    else:
+        state.written.update(tables)
+
+
+def committed_now(fairy: Any, options: Any, default_isolation: str | None) -> bool:
+    """After a write: did the driver commit it already (autocommit)?"""
+    flag = in_transaction(fairy)
+    if flag is not None:
+        return not flag
+    return options.get("isolation_level", default_isolation) == "AUTOCOMMIT"
+
+
+def make_context_class(base: type, binding: EngineBinding) -> type:
+    """A subclass of the dialect's execution context bound to ``binding``."""
+    return type(f"QueryCache{base.__name__}", (CachingContext, base), {"_qc": binding})
+
+
+def entry_for(description: Any, rows: list[tuple[Any, ...]], rowcount: int) -> Entry:
+    """A new :class:`Entry` with its size measured."""
+    size = rows_size(rows) + 64 * len(description) + 200
+    return Entry(description, rows, rowcount, size)

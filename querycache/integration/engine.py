@@ -1,0 +1,327 @@
+"""Attaching a cache to an engine, and the per-engine read and write paths.
+
+:func:`attach` changes three things on the engine's own dialect instance
+(never the dialect class, so other engines are untouched):
+
+* ``execution_ctx_cls`` becomes a subclass that consults the cache
+  (:mod:`querycache.integration.context`);
+* ``do_commit`` applies the connection's pending invalidations *after* the
+  database committed; ``do_rollback`` drops them;
+* pool ``invalidate`` events apply them too: a transaction whose outcome is
+  unknown is treated as committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from querycache.analysis import ALL
+from querycache.errors import OptionError
+from querycache.integration import io
+from querycache.integration.context import (
+    Miss,
+    committed_now,
+    entry_for,
+    key_for,
+    make_context_class,
+    record_write,
+)
+from querycache.integration.drivers import in_transaction
+from querycache.integration.views import read_views
+from querycache.invalidation.transactions import STATE_KEY, state_of
+from querycache.keys import result_identity, scope_of
+
+if TYPE_CHECKING:
+    from querycache.cache import QueryCache
+
+__all__ = ["EngineBinding", "attach"]
+
+log = logging.getLogger("querycache")
+
+SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
+_OPTIONS = {"querycache", "querycache_ttl"}
+
+
+class EngineBinding:
+    """One engine as the cache sees it: identity, scope, dialect, sync or async."""
+
+    def __init__(self, core: QueryCache, engine: Engine, ident: int) -> None:
+        url = engine.url
+        self.core = core
+        self.memory = core.memory
+        self.analyzer = core.analyzer
+        self.engine_ref = id(engine)
+        self.ident = ident
+        self.identity = result_identity(url, id(engine))
+        self.scope = scope_of(url, id(engine))
+        dialect = engine.dialect
+        self.dialect_name = dialect.name
+        self.is_async = bool(getattr(dialect, "is_async", False))
+        self.default_isolation: str | None = getattr(dialect, "_on_connect_isolation_level", None)
+        # SQLite: only PostgreSQL has per-transaction snapshots to worry about
+        # here; SQLite's explicit transactions are found by asking the driver.
+        self.check_isolation = dialect.name == "postgresql"
+        self.await_ready = io.await_ready
+        self.views_pending = False
+
+    @staticmethod
+    def identity_of(engine: Engine) -> str:
+        """The result identity ``engine`` would get (see :mod:`querycache.keys`)."""
+        return result_identity(engine.url, id(engine))
+
+    # -- options ------------------------------------------------------------
+    def plain_options(self, opts: Mapping[str, Any]) -> bool:
+        """True when ``opts`` allow the hit path as is."""
+        if opts.get("querycache", True) is not True:
+            return False
+        return not (
+            self.check_isolation
+            and opts.get("isolation_level", self.default_isolation) in SNAPSHOT_LEVELS
+        )
+
+    def check_options(self, opts: Mapping[str, Any]) -> None:
+        for name in opts:
+            if name.startswith("querycache") and name not in _OPTIONS:
+                raise OptionError(
+                    f"unknown execution option {name!r}; querycache knows "
+                    f"'querycache' (bool) and 'querycache_ttl' (seconds > 0)"
+                )
+        flag = opts.get("querycache", True)
+        if not isinstance(flag, bool):
+            raise OptionError(f"execution option 'querycache' must be True or False, not {flag!r}")
+        ttl = opts.get("querycache_ttl")
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
+        ):
+            raise OptionError(
+                f"execution option 'querycache_ttl' must be a number of seconds > 0, not {ttl!r}"
+            )
+
+    # -- before the driver runs ---------------------------------------------
+    def before(self, ctx: Any, key: Any) -> None:
+        """Everything but the plain hit: analysis, bypasses, misses, writes."""
+        opts = ctx.execution_options
+        if opts:
+            self.check_options(opts)
+        core = self.core
+        if self.views_pending:
+            self._discover_views(ctx)
+        plan = core.plan(ctx.statement, self.dialect_name)
+        analysis = plan.analysis
+        info = ctx._dbapi_connection.info
+        if analysis.kind != "read" or ctx.executemany:
+            self._before_other(ctx, plan, info)
+            return
+        qs = plan.stats
+        if not analysis.cacheable:
+            qs.bypasses[analysis.reason or "not cacheable"] += 1
+            if analysis.session_state:
+                state_of(info).tainted = True
+            return
+        if opts.get("querycache", True) is False:
+            qs.bypasses["disabled by execution option"] += 1
+            return
+        if (
+            self.check_isolation
+            and opts.get("isolation_level", self.default_isolation) in SNAPSHOT_LEVELS
+        ):
+            qs.bypasses["snapshot isolation"] += 1
+            return
+        state = info.get(STATE_KEY)
+        if state is not None:
+            reason = state.blocks_read_of(analysis.tables_read)
+            if reason is not None:
+                qs.bypasses[reason] += 1
+                return
+        if key is None:
+            key = key_for(self, ctx.statement, ctx.parameters[0])
+        entry = self.memory.get(key)
+        if entry is not None:
+            ctx._qc_serve(entry)
+            qs.memory_hits += 1
+            return
+        # a transaction that wrote anything never stores what it reads; nor
+        # does a SQLite transaction opened explicitly (its snapshot may be old)
+        store = state is None or not state.has_writes
+        if store and self.dialect_name == "sqlite" and in_transaction(ctx._dbapi_connection):
+            store = False
+        snapshot = self.memory.versions.capture(self.scope, plan.tables)
+        flight = None
+        if store:
+            flight, leader = core.flights.join(key, snapshot)
+            if not leader:
+                done = io.wait(flight, core.lock_timeout, self.is_async)
+                if done and flight.entry is not None and flight.snapshot == snapshot:
+                    ctx._qc_serve(flight.entry)
+                    qs.coalesced += 1
+                    return
+                flight = None  # waited long enough, or the result is not for us
+        ttl = opts.get("querycache_ttl") or core.ttl
+        ctx.cursor = ctx._qc_real_cursor()
+        ctx._qc_miss = Miss(key, plan, qs, snapshot, flight, store, ttl)
+
+    def _discover_views(self, ctx: Any) -> None:
+        self.views_pending = False
+        try:
+            self.core.add_views(read_views(ctx._dbapi_connection))
+        except Exception as exc:
+            self.core.failed("view discovery", exc)
+
+    def _before_other(self, ctx: Any, plan: Any, info: dict[str, Any]) -> None:
+        analysis = plan.analysis
+        kind = analysis.kind
+        if kind == "transaction":
+            op = analysis.transaction_op
+            if op == "begin" and self.check_isolation:
+                text = ctx.statement.upper()
+                if "REPEATABLE" in text or "SERIALIZABLE" in text:
+                    state_of(info).snapshot = True
+            if op in ("commit", "rollback"):
+                ctx._qc_after = op
+            return
+        if analysis.session_state:
+            state_of(info).tainted = True
+        written = analysis.tables_written
+        if kind == "read" and not written:
+            plan.stats.bypasses["executemany"] += 1
+            return
+        if written is not ALL and not written:
+            return
+        record_write(info, written)
+        if kind == "ddl" and self.check_isolation:
+            state_of(info).ddl = True
+        self.core.count_writes(written)
+        ctx._qc_after = "write"
+
+    # -- after the driver ran -------------------------------------------------
+    def after(self, ctx: Any, what: str) -> None:
+        """Follow a text COMMIT/ROLLBACK, or a write the driver auto-committed."""
+        fairy = ctx._dbapi_connection
+        if what == "commit":
+            self.apply_pending(fairy)
+        elif what == "rollback":
+            self.drop_pending(fairy)
+        elif committed_now(fairy, ctx.execution_options, self.default_isolation):
+            self.apply_pending(fairy)
+
+    def store(
+        self, miss: Miss, description: Any, rows: list[Any], rowcount: int, elapsed: float
+    ) -> None:
+        """Account for a miss and store its result when that is safe."""
+        qs = miss.qs
+        qs.misses += 1
+        qs.db_seconds += elapsed
+        entry = entry_for(description, rows, rowcount)
+        entry.stats = qs
+        stored = False
+        if not miss.store:
+            qs.not_stored["read inside a transaction"] += 1
+        elif entry.size > self.memory.max_entry_bytes:
+            qs.not_stored["larger than max_entry_bytes"] += 1
+        else:
+            stored = self.memory.put(
+                miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, miss.ttl
+            )
+            if stored:
+                qs.stores += 1
+            else:
+                qs.not_stored["invalidated while reading"] += 1
+        if miss.flight is not None:
+            self.core.flights.land(miss.key, miss.flight, entry)
+
+    # -- transaction ends -------------------------------------------------------
+    def apply_pending(self, fairy: Any) -> None:
+        info = _info_of(fairy)
+        state = info.get(STATE_KEY) if info is not None else None
+        if state is None:
+            return
+        written, everything = state.take_writes()
+        state.snapshot = False
+        if state.ddl:
+            state.ddl = False
+            self.views_pending = self.core.settings.discover_views
+        if state.idle:
+            info.pop(STATE_KEY, None)
+        if everything:
+            self.core.invalidate_scope(self.scope, None)
+        elif written:
+            self.core.invalidate_scope(self.scope, frozenset(written))
+
+    def drop_pending(self, fairy: Any) -> None:
+        info = _info_of(fairy)
+        state = info.get(STATE_KEY) if info is not None else None
+        if state is None:
+            return
+        state.take_writes()
+        state.snapshot = state.ddl = False
+        if state.idle:
+            info.pop(STATE_KEY, None)
+
+
+def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
+    """Install the cache on ``engine`` (a sync :class:`Engine`)."""
+    binding = EngineBinding(core, engine, ident)
+    dialect = engine.dialect
+    dialect.execution_ctx_cls = make_context_class(dialect.execution_ctx_cls, binding)
+
+    original_commit = dialect.do_commit
+    original_rollback = dialect.do_rollback
+
+    def do_commit(dbapi_connection: Any) -> None:
+        try:
+            original_commit(dbapi_connection)
+        finally:
+            # also when commit raised: it may have committed before failing
+            _guarded(core, "commit", binding.apply_pending, dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        try:
+            original_rollback(dbapi_connection)
+        finally:
+            _guarded(core, "rollback", binding.drop_pending, dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(exc_ctx: Any) -> None:
+        ctx = exc_ctx.execution_context
+        if ctx is not None and getattr(ctx, "_qc_miss", None) is not None:
+            ctx._qc_abandon()
+
+    @event.listens_for(engine.pool, "invalidate")
+    def _on_invalidate(dbapi_conn: Any, record: Any, exception: Any) -> None:
+        state = record.info.get(STATE_KEY) if record is not None else None
+        if state is not None and state.has_writes:
+            _guarded(core, "invalidate", binding.apply_pending, _RecordView(record))
+
+    return binding
+
+
+def _info_of(fairy: Any) -> dict[str, Any] | None:
+    # the ad-hoc connection SQLAlchemy uses while first connecting has no info
+    try:
+        return fairy.info  # type: ignore[no-any-return]
+    except NotImplementedError:
+        return None
+
+
+class _RecordView:
+    """Gives a pool record the ``info`` attribute a connection fairy has."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, record: Any) -> None:
+        self.info = record.info
+
+
+def _guarded(core: QueryCache, where: str, fn: Any, arg: Any) -> None:
+    try:
+        fn(arg)
+    except Exception as exc:
+        core.failed(where, exc)

@@ -1,0 +1,1 @@
+"""Invalidation: table versions, transaction tracking, cross-process messages."""

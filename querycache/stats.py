@@ -1,0 +1,109 @@
+"""Counters behind the hit report.
+
+One :class:`QueryStats` per fingerprint; the hit path increments a single
+attribute of the object its entry points to. Per-table reads are derived from
+the fingerprints at report time, so a hit never loops over tables.
+Increments are plain attribute updates: under heavy thread contention a rare
+increment can be lost, never invented.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+__all__ = ["QueryStats", "Stats", "TableStats"]
+
+
+class QueryStats:
+    """What happened to one fingerprint."""
+
+    __slots__ = (
+        "bypasses",
+        "bytes_held",
+        "coalesced",
+        "db_seconds",
+        "fingerprint",
+        "fingerprint_id",
+        "memory_hits",
+        "misses",
+        "not_stored",
+        "redis_hits",
+        "stores",
+        "tables",
+    )
+
+    def __init__(self, fingerprint: str, fingerprint_id: str, tables: frozenset[str]) -> None:
+        self.fingerprint = fingerprint
+        self.fingerprint_id = fingerprint_id
+        self.tables = tables
+        self.memory_hits = 0
+        self.redis_hits = 0
+        self.coalesced = 0
+        self.misses = 0
+        self.stores = 0
+        self.db_seconds = 0.0
+        self.bytes_held = 0
+        self.bypasses: Counter[str] = Counter()
+        self.not_stored: Counter[str] = Counter()
+
+    @property
+    def hits(self) -> int:
+        return self.memory_hits + self.redis_hits + self.coalesced
+
+    @property
+    def calls(self) -> int:
+        return self.hits + self.misses + sum(self.bypasses.values())
+
+
+class TableStats:
+    """Writes seen and invalidations applied for one table."""
+
+    __slots__ = ("invalidations", "writes")
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.invalidations = 0
+
+
+class Stats:
+    """All counters of one :class:`~querycache.QueryCache`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.queries: dict[str, QueryStats] = {}
+        self.tables: dict[str, TableStats] = {}
+        self.errors: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.degraded: list[dict[str, Any]] = []
+
+    def query(self, fingerprint: str, fingerprint_id: str, tables: frozenset[str]) -> QueryStats:
+        """The counters of a fingerprint, created on first sight."""
+        qs = self.queries.get(fingerprint_id)
+        if qs is None:
+            with self._lock:
+                qs = self.queries.get(fingerprint_id)
+                if qs is None:
+                    qs = self.queries[fingerprint_id] = QueryStats(
+                        fingerprint, fingerprint_id, tables
+                    )
+        return qs
+
+    def table(self, name: str) -> TableStats:
+        ts = self.tables.get(name)
+        if ts is None:
+            with self._lock:
+                ts = self.tables.setdefault(name, TableStats())
+        return ts
+
+    def reset(self) -> None:
+        with self._lock:
+            for qs in self.queries.values():
+                held = qs.bytes_held
+                qs.__init__(qs.fingerprint, qs.fingerprint_id, qs.tables)  # type: ignore[misc]
+                qs.bytes_held = held
+            self.tables.clear()
+            self.errors.clear()
+            self.events.clear()
+            self.degraded.clear()

@@ -1,0 +1,1 @@
+"""Storage tiers: process memory (L1) and Redis (L2), behind one small interface."""
