@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from querycache.analysis import Analysis, Analyzer
 from querycache.integration.engine import EngineBinding, attach
+from querycache.integration.orm import OrmFastPath
 from querycache.integration.views import read_views
 from querycache.invalidation.versions import LocalVersions
 from querycache.report import Report, build_report
@@ -124,6 +125,7 @@ class QueryCache:
         self._idents: dict[str, int] = {}
         self._logged: set[tuple[str, type]] = set()
         self._closed = False
+        self._orm = OrmFastPath(self)
 
     # -- attaching ------------------------------------------------------------
     def wrap(self, engine: Engine | AsyncEngine) -> Any:
@@ -162,13 +164,17 @@ class QueryCache:
         """A drop-in for :class:`sqlalchemy.orm.sessionmaker` (wraps ``bind``)."""
         if bind is not None:
             self.wrap(bind)
-        return orm.sessionmaker(bind=bind, **kw)
+        maker = orm.sessionmaker(bind=bind, **kw)
+        self._orm.install(maker)
+        return maker
 
     def async_sessionmaker(self, bind: Any = None, **kw: Any) -> async_sessionmaker[Any]:
         """A drop-in for :class:`sqlalchemy.ext.asyncio.async_sessionmaker`."""
         if bind is not None:
             self.wrap(bind)
-        return async_sessionmaker(bind=bind, **kw)
+        maker = async_sessionmaker(bind=bind, **kw)
+        self._orm.install(maker)
+        return maker
 
     # -- invalidation -----------------------------------------------------------
     def invalidate(self, *tables: str) -> None:

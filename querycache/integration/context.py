@@ -46,11 +46,20 @@ _perf = time.perf_counter
 class Miss:
     """What ``post_exec`` needs to finish a miss."""
 
-    __slots__ = ("flight", "key", "plan", "qs", "snapshot", "started", "store", "ttl")
+    __slots__ = ("capture", "flight", "key", "plan", "qs", "snapshot", "started", "store", "ttl")
 
     def __init__(
-        self, key: Any, plan: Any, qs: Any, snapshot: Any, flight: Any, store: bool, ttl: float
+        self,
+        key: Any,
+        plan: Any,
+        qs: Any,
+        snapshot: Any,
+        flight: Any,
+        store: bool,
+        ttl: float,
+        capture: Any = None,
     ) -> None:
+        self.capture = capture
         self.key = key
         self.plan = plan
         self.qs = qs

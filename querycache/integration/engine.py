@@ -32,6 +32,7 @@ from querycache.integration.context import (
     record_write,
 )
 from querycache.integration.drivers import in_transaction
+from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.views import read_views
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import result_identity, scope_of
@@ -77,7 +78,7 @@ class EngineBinding:
     # -- options ------------------------------------------------------------
     def plain_options(self, opts: Mapping[str, Any]) -> bool:
         """True when ``opts`` allow the hit path as is."""
-        if opts.get("querycache", True) is not True:
+        if opts.get("querycache", True) is not True or CAPTURE_OPTION in opts:
             return False
         return not (
             self.check_isolation
@@ -118,6 +119,10 @@ class EngineBinding:
             self._before_other(ctx, plan, info)
             return
         qs = plan.stats
+        capture = opts.get(CAPTURE_OPTION)
+        if capture is not None:
+            capture.executions += 1
+            capture.ctx = ctx
         if not analysis.cacheable:
             qs.bypasses[analysis.reason or "not cacheable"] += 1
             if analysis.session_state:
@@ -144,6 +149,9 @@ class EngineBinding:
         if entry is not None:
             ctx._qc_serve(entry)
             qs.memory_hits += 1
+            if capture is not None:
+                capture.entry, capture.storable = entry, True
+                capture.snapshot = self.memory.versions.capture(self.scope, plan.tables)
             return
         # a transaction that wrote anything never stores what it reads; nor
         # does a SQLite transaction opened explicitly (its snapshot may be old)
@@ -151,19 +159,24 @@ class EngineBinding:
         if store and self.dialect_name == "sqlite" and in_transaction(ctx._dbapi_connection):
             store = False
         snapshot = self.memory.versions.capture(self.scope, plan.tables)
-        flight = None
+        ttl = opts.get("querycache_ttl") or core.ttl
+        miss = Miss(key, plan, qs, snapshot, None, store, ttl, capture)
         if store:
             flight, leader = core.flights.join(key, snapshot)
-            if not leader:
+            if leader:
+                miss.flight = flight
+            else:
                 done = io.wait(flight, core.lock_timeout, self.is_async)
                 if done and flight.entry is not None and flight.snapshot == snapshot:
                     ctx._qc_serve(flight.entry)
                     qs.coalesced += 1
+                    if capture is not None:
+                        capture.entry, capture.storable = flight.entry, True
+                        capture.snapshot = snapshot
                     return
-                flight = None  # waited long enough, or the result is not for us
-        ttl = opts.get("querycache_ttl") or core.ttl
+                # waited long enough, or the result is not for us: run our own
+        ctx._qc_miss = miss
         ctx.cursor = ctx._qc_real_cursor()
-        ctx._qc_miss = Miss(key, plan, qs, snapshot, flight, store, ttl)
 
     def _discover_views(self, ctx: Any) -> None:
         self.views_pending = False
@@ -233,6 +246,9 @@ class EngineBinding:
                 qs.not_stored["invalidated while reading"] += 1
         if miss.flight is not None:
             self.core.flights.land(miss.key, miss.flight, entry)
+        capture = miss.capture
+        if capture is not None:
+            capture.entry, capture.storable, capture.snapshot = entry, miss.store, miss.snapshot
 
     # -- transaction ends -------------------------------------------------------
     def apply_pending(self, fairy: Any) -> None:

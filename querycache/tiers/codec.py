@@ -76,8 +76,12 @@ _DT_FIELDS = attrgetter("year", "month", "day", "hour", "minute", "second", "mic
 _TD_FIELDS = attrgetter("days", "seconds", "microseconds")
 _TZINFO, _FOLD = attrgetter("tzinfo"), attrgetter("fold")
 _IP_TYPES = (
-    ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
-    ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface,
+    ipaddress.IPv4Address,
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+    ipaddress.IPv4Interface,
+    ipaddress.IPv6Interface,
 )
 _IP_KIND = {t: bytes((i,)) for i, t in enumerate(_IP_TYPES)}
 _Ext = msgpack.ExtType
@@ -111,12 +115,16 @@ def _fast_uuids(ints: list[int]) -> list[uuid.UUID]:
 def _fast_uuids_work(n: int = 0xF0E1D2C3B4A5968778695A4B3C2D1E0F) -> bool:
     probe, ref = _fast_uuids([n])[0], uuid.UUID(int=n)
     return uuid.UUID.__slots__ == ("int", "is_safe", "__weakref__") and (
-        str(probe), hash(probe), probe.is_safe) == (str(ref), hash(ref), ref.is_safe)
+        str(probe),
+        hash(probe),
+        probe.is_safe,
+    ) == (str(ref), hash(ref), ref.is_safe)
 
 
 # Checked at import so that a future uuid.UUID layout falls back to the constructor.
 _uuids_from_ints: Callable[[list[int]], list[uuid.UUID]] = (
-    _fast_uuids if _fast_uuids_work() else lambda ints: [uuid.UUID(int=n) for n in ints])
+    _fast_uuids if _fast_uuids_work() else lambda ints: [uuid.UUID(int=n) for n in ints]
+)
 
 
 def _uuids(blobs: list[bytes]) -> list[uuid.UUID]:
@@ -165,6 +173,7 @@ def _tz_from(data: bytes) -> dt.tzinfo | None:
 
 # -- encoding ---------------------------------------------------------------------------------
 
+
 def _default(o: Any, depth: int) -> _Ext:
     """msgpack ``default``: called (strict_types) for every non-native or subclassed value."""
     t = type(o)
@@ -197,8 +206,10 @@ def _default(o: Any, depth: int) -> _Ext:
 # initial buffer (it grows) avoids msgpack's 256 KiB malloc per nested packb.
 _MAX_DEPTH = 32
 _MIN_TABLE_ROWS = 2  # measured: for a single row a plain tuple is faster both ways
-_PACKERS = [partial(msgpack.packb, default=partial(_default, depth=depth), strict_types=True,
-                    buf_size=4096) for depth in range(_MAX_DEPTH + 1)]
+_PACKERS = [
+    partial(msgpack.packb, default=partial(_default, depth=depth), strict_types=True, buf_size=4096)
+    for depth in range(_MAX_DEPTH + 1)
+]
 
 
 def _tuple(o: tuple[Any, ...], depth: int) -> _Ext:
@@ -270,14 +281,18 @@ def _column(col: tuple[Any, ...]) -> tuple[int, Any]:
 
 # -- decoding ---------------------------------------------------------------------------------
 
+
 def _check(data: Any, t: type | None, parts: int = 0) -> Any:
     """``data`` if it is a list of ``t`` (any if None) or ``parts`` equal-length such lists."""
     lists = data if parts else [data]
     if type(data) is not list or (parts and len(data) != parts):
         raise CodecError("bad column data")
     for part in lists:
-        if type(part) is not list or len(part) != len(lists[0]) or (
-                t is not None and set(map(type, part)) - {t}):
+        if (
+            type(part) is not list
+            or len(part) != len(lists[0])
+            or (t is not None and set(map(type, part)) - {t})
+        ):
             raise CodecError("bad column data")
     return data
 
@@ -301,8 +316,9 @@ def _decode_column(kind: Any, data: Any, nrows: int) -> list[Any]:
     elif kind in _COLUMN_DECODERS and len(data) == 2:
         nulls = _check(data[0], int)
         col = _COLUMN_DECODERS[kind](data[1])
-        if nulls and (nulls[0] < 0 or nulls[-1] >= nrows
-                      or any(a >= b for a, b in pairwise(nulls))):
+        if nulls and (
+            nulls[0] < 0 or nulls[-1] >= nrows or any(a >= b for a, b in pairwise(nulls))
+        ):
             raise CodecError("bad null positions")
         for i in nulls:  # increasing positions, each within the list built so far
             col.insert(i, None)
@@ -319,15 +335,19 @@ def _decode_table(parts: Any) -> Any:
     is_tuple, nrows = parts[0], parts[1]
     if type(is_tuple) is not bool or type(nrows) is not int or nrows < 1:
         raise CodecError("bad table")
-    cols = [data if kind == _C_ANY and type(data) is list and len(data) == nrows  # inlined
-            else _decode_column(kind, data, nrows) for kind, data in zip(parts[2::2], parts[3::2])]
+    cols = [
+        data
+        if kind == _C_ANY and type(data) is list and len(data) == nrows  # inlined
+        else _decode_column(kind, data, nrows)
+        for kind, data in zip(parts[2::2], parts[3::2])
+    ]
     rows = zip(*cols) if cols else repeat((), nrows)
     return tuple(rows) if is_tuple else list(rows)
 
 
 def _decode_with_tz(cls: type, fields: struct.Struct, data: bytes) -> Any:
     *args, fold = fields.unpack_from(data)
-    return cls(*args, tzinfo=_tz_from(data[fields.size:]), fold=fold)
+    return cls(*args, tzinfo=_tz_from(data[fields.size :]), fold=fold)
 
 
 _DECODERS: dict[int, Callable[[bytes], Any]] = {
@@ -356,11 +376,16 @@ def _ext_hook(code: int, data: bytes, depth: int) -> Any:
 
 
 # unpackb bounds every length by the size of its input; maps may have non-str keys.
-_UNPACKERS = [partial(msgpack.unpackb, ext_hook=partial(_ext_hook, depth=depth), raw=False,
-                      strict_map_key=False) for depth in range(_MAX_DEPTH + 1)]
+_UNPACKERS = [
+    partial(
+        msgpack.unpackb, ext_hook=partial(_ext_hook, depth=depth), raw=False, strict_map_key=False
+    )
+    for depth in range(_MAX_DEPTH + 1)
+]
 
 
 # -- the codec --------------------------------------------------------------------------------
+
 
 def _int_setting(name: str, value: object, low: int, high: int | None = None) -> int:
     if type(value) is not int:
@@ -393,14 +418,20 @@ class Codec:
     the uncompressed payload on both sides (a decompression-bomb guard).
     """
 
-    def __init__(self, *, signing_key: bytes | str | None = None,
-                 compress_threshold: int = 2048, compress_level: int = 1,
-                 max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        signing_key: bytes | str | None = None,
+        compress_threshold: int = 2048,
+        compress_level: int = 1,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
         if isinstance(signing_key, str):
             signing_key = signing_key.encode()
         if signing_key is not None and type(signing_key) is not bytes:
             raise TypeError(
-                f"signing_key must be bytes, str or None, not {type(signing_key).__name__}")
+                f"signing_key must be bytes, str or None, not {type(signing_key).__name__}"
+            )
         if signing_key is not None and not signing_key:
             raise ValueError("signing_key must not be empty")
         self._key = signing_key
@@ -409,8 +440,10 @@ class Codec:
         self._max_size = _int_setting("max_size", max_size, 1)
 
     def __repr__(self) -> str:
-        return (f"Codec(signed={self._key is not None}, compress_threshold={self._threshold}, "
-                f"compress_level={self._level}, max_size={self._max_size})")
+        return (
+            f"Codec(signed={self._key is not None}, compress_threshold={self._threshold}, "
+            f"compress_level={self._level}, max_size={self._max_size})"
+        )
 
     def encode(self, value: object) -> bytes:
         """Serialize ``value``; raise :class:`UnsupportedType` if it cannot round-trip exactly."""
