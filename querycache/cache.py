@@ -23,12 +23,16 @@ from querycache.analysis import Analysis, Analyzer
 from querycache.integration.engine import EngineBinding, attach
 from querycache.integration.orm import OrmFastPath
 from querycache.integration.views import read_views
+from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.versions import LocalVersions
 from querycache.report import Report, build_report
-from querycache.settings import Settings
+from querycache.settings import Settings, number
 from querycache.singleflight import Flights
 from querycache.stats import QueryStats, Stats
+from querycache.tiers.codec import Codec
+from querycache.tiers.connections import RedisClients
 from querycache.tiers.memory import MemoryTier
+from querycache.tiers.redis import RedisTier
 
 __all__ = ["Plan", "QueryCache"]
 
@@ -92,6 +96,12 @@ class QueryCache:
         never_cache_tables: Iterable[str] = (),
         view_dependencies: Mapping[str, Iterable[str]] | None = None,
         discover_views: bool = True,
+        redis_url: str | None = None,
+        redis: Any = None,
+        signing_key: bytes | str | None = None,
+        redis_timeout: float = 0.05,
+        lease_timeout: float = 2.0,
+        compress_threshold: int = 2048,
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -126,6 +136,23 @@ class QueryCache:
         self._logged: set[tuple[str, type]] = set()
         self._closed = False
         self._orm = OrmFastPath(self)
+        self._scope_ids: dict[str, str] = {}
+        self.redis: RedisTier | None = None
+        self.bus: InvalidationBus | None = None
+        if redis_url is not None or redis is not None:
+            number("redis_timeout", redis_timeout)
+            number("lease_timeout", lease_timeout, allow_zero=True)
+            self.lease_timeout = float(lease_timeout)
+            clients = RedisClients(url=redis_url, client=redis, timeout=float(redis_timeout))
+            codec = Codec(signing_key=signing_key, compress_threshold=compress_threshold)
+            self.redis = RedisTier(clients, self.namespace, codec, self.stats)
+            # until the bus is subscribed, invalidations from other processes
+            # could be missed: the memory tier starts suspended
+            self.memory.suspend()
+            self.bus = InvalidationBus(
+                self.redis, self._remote_invalidation, self.memory.suspend, self.memory.resume
+            )
+            self.bus.start()
 
     # -- attaching ------------------------------------------------------------
     def wrap(self, engine: Engine | AsyncEngine) -> Any:
@@ -158,6 +185,8 @@ class QueryCache:
             binding = attach(self, sync, ident)
             binding.views_pending = views_pending
             self._bindings[id(sync.dialect)] = binding
+            if self.redis is not None:
+                self._scope_ids[self.redis.scope_id(binding.scope)] = binding.scope
         return engine
 
     def sessionmaker(self, bind: Any = None, **kw: Any) -> orm.sessionmaker[orm.Session]:
@@ -178,19 +207,30 @@ class QueryCache:
 
     # -- invalidation -----------------------------------------------------------
     def invalidate(self, *tables: str) -> None:
-        """Invalidate every entry that reads any of ``tables``, in every database."""
+        """Invalidate every entry that reads any of ``tables``, in every database.
+
+        Use this after writing through something querycache does not see.
+        """
         names = frozenset(_table_name(t) for t in tables)
         if not names:
             return
         for scope in self._scopes():
-            self.invalidate_scope(scope, names)
+            self.invalidate_scope(scope, names, None)
 
     def clear(self) -> None:
-        """Drop every entry (also any result being read right now)."""
+        """Drop every entry, in this process and (with Redis) everywhere."""
         self.memory.clear()
+        if self.redis is not None:
+            self.redis.bump_generation(None)
 
-    def invalidate_scope(self, scope: str, tables: frozenset[str] | None) -> None:
-        """Apply a committed write: ``tables`` of ``scope`` (``None``: all)."""
+    def invalidate_scope(
+        self, scope: str, tables: frozenset[str] | None, is_async: bool | None = None
+    ) -> None:
+        """Apply a committed write: ``tables`` of ``scope`` (``None``: all).
+
+        Memory first (this process reads its own writes at once), then Redis:
+        new version tokens and a message to the other processes.
+        """
         if tables is not None:
             tables = self._expand_views(tables)
             for t in tables:
@@ -198,6 +238,16 @@ class QueryCache:
         else:
             self.stats.events["invalidate everything"] += 1
         self.memory.invalidate(scope, tables)
+        if self.redis is not None:
+            self.redis.bump(scope, tables, is_async)
+
+    def _remote_invalidation(self, scope_id: str, tables: frozenset[str] | None) -> None:
+        if scope_id == "*":
+            self.memory.clear()
+            return
+        scope = self._scope_ids.get(scope_id)
+        if scope is not None:
+            self.memory.invalidate(scope, tables)
 
     def count_writes(self, tables: Any) -> None:
         if isinstance(tables, frozenset):
@@ -216,8 +266,12 @@ class QueryCache:
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
-        """Release the cache's resources (entries are dropped)."""
+        """Stop the bus thread, close Redis clients, drop the memory tier."""
         self._closed = True
+        if self.bus is not None:
+            self.bus.stop()
+        if self.redis is not None:
+            self.redis.close()
         self.memory.clear()
 
     async def aclose(self) -> None:

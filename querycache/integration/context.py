@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from querycache.analysis import ALL
 from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
+from querycache.integration.shared import release_lease
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import stable_repr
 from querycache.tiers.base import Entry
@@ -46,7 +47,19 @@ _perf = time.perf_counter
 class Miss:
     """What ``post_exec`` needs to finish a miss."""
 
-    __slots__ = ("capture", "flight", "key", "plan", "qs", "snapshot", "started", "store", "ttl")
+    __slots__ = (
+        "capture",
+        "flight",
+        "key",
+        "l2",
+        "lease",
+        "plan",
+        "qs",
+        "snapshot",
+        "started",
+        "store",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -60,6 +73,8 @@ class Miss:
         capture: Any = None,
     ) -> None:
         self.capture = capture
+        self.l2: tuple[str, list[Any]] | None = None
+        self.lease: str | None = None
         self.key = key
         self.plan = plan
         self.qs = qs
@@ -143,6 +158,11 @@ class CachingContext:
             self._qc_miss = None
             if miss.flight is not None:
                 self._qc.core.flights.land(miss.key, miss.flight, None)
+            if miss.lease is not None:
+                try:
+                    release_lease(self._qc, miss)
+                except Exception as exc:
+                    self._qc.core.failed("lease release", exc)
 
     # -- post_exec --------------------------------------------------------
     def post_exec(self) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,11 @@ from querycache.integration.context import (
 )
 from querycache.integration.drivers import in_transaction
 from querycache.integration.orm import CAPTURE_OPTION
+from querycache.integration.shared import lookup_shared, release_lease, store_shared
 from querycache.integration.views import read_views
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import result_identity, scope_of
+from querycache.tiers.base import Entry
 
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
@@ -175,8 +178,30 @@ class EngineBinding:
                         capture.snapshot = snapshot
                     return
                 # waited long enough, or the result is not for us: run our own
+        shared = lookup_shared(self, ctx, miss)
+        if shared is not None:
+            self._serve_shared(ctx, miss, shared)
+            return
         ctx._qc_miss = miss
         ctx.cursor = ctx._qc_real_cursor()
+
+    def _serve_shared(self, ctx: Any, miss: Miss, entry: Entry) -> None:
+        """A Redis hit: fill the memory tier, serve, wake this process's followers."""
+        qs = miss.qs
+        entry.stats = qs
+        if miss.store and entry.size <= self.memory.max_entry_bytes:
+            ttl = miss.ttl
+            if entry.expires:
+                ttl = min(ttl, entry.expires - time.time())
+            if ttl > 0:
+                self.memory.put(miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, ttl)
+        ctx._qc_serve(entry)
+        qs.redis_hits += 1
+        if miss.flight is not None:
+            self.core.flights.land(miss.key, miss.flight, entry)
+        if miss.capture is not None:
+            miss.capture.entry, miss.capture.storable = entry, miss.store
+            miss.capture.snapshot = miss.snapshot
 
     def _discover_views(self, ctx: Any) -> None:
         self.views_pending = False
@@ -246,6 +271,11 @@ class EngineBinding:
                 qs.not_stored["invalidated while reading"] += 1
         if miss.flight is not None:
             self.core.flights.land(miss.key, miss.flight, entry)
+        if miss.l2 is not None:
+            if miss.store and entry.size <= self.memory.max_entry_bytes:
+                store_shared(self, miss, entry)
+            else:
+                release_lease(self, miss)
         capture = miss.capture
         if capture is not None:
             capture.entry, capture.storable, capture.snapshot = entry, miss.store, miss.snapshot
@@ -264,9 +294,9 @@ class EngineBinding:
         if state.idle:
             info.pop(STATE_KEY, None)
         if everything:
-            self.core.invalidate_scope(self.scope, None)
+            self.core.invalidate_scope(self.scope, None, self.is_async)
         elif written:
-            self.core.invalidate_scope(self.scope, frozenset(written))
+            self.core.invalidate_scope(self.scope, frozenset(written), self.is_async)
 
     def drop_pending(self, fairy: Any) -> None:
         info = _info_of(fairy)

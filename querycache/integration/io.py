@@ -7,6 +7,8 @@ SQLAlchemy's ``await_``. Sync engines block their thread.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Generator
 from typing import Any, TypeVar
 
@@ -17,7 +19,7 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
 
 from querycache.singleflight import Flight
 
-__all__ = ["await_ready", "run", "wait"]
+__all__ = ["await_ready", "run", "sleep", "wait"]
 
 T = TypeVar("T")
 
@@ -45,6 +47,14 @@ def wait(flight: Flight, timeout: float, is_async: bool) -> bool:
     if is_async:
         return _await(flight.wait_async(timeout))
     return flight.wait(timeout)
+
+
+def sleep(seconds: float, is_async: bool) -> None:
+    """Pause this caller without blocking an event loop."""
+    if is_async:
+        _await(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
 
 
 def run(awaitable: Awaitable[T]) -> T:

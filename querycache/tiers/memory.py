@@ -35,6 +35,7 @@ class MemoryTier:
         self.bytes = 0
         self.evictions = 0
         self.expirations = 0
+        self.suspended = False
 
     def __len__(self) -> int:
         return len(self._data)
@@ -76,7 +77,7 @@ class MemoryTier:
             return False
         deps = ((scope, EPOCH), *[(scope, t) for t in tables])
         with self.lock:
-            if self.versions.capture(scope, tables) != snapshot:
+            if self.suspended or self.versions.capture(scope, tables) != snapshot:
                 return False
             if key in self._data:
                 self._remove(key)
@@ -136,3 +137,15 @@ class MemoryTier:
             self._data.clear()
             self._index.clear()
             self.bytes = 0
+
+    def suspend(self) -> None:
+        """Empty the tier and refuse stores (invalidations may be missed)."""
+        with self.lock:
+            self.suspended = True
+            self.clear()
+
+    def resume(self) -> None:
+        """Accept stores again, starting empty."""
+        with self.lock:
+            self.clear()
+            self.suspended = False

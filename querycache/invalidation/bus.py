@@ -1,0 +1,144 @@
+"""The invalidation bus: how other processes' commits reach this process.
+
+A daemon thread subscribes to the namespace's channel. Each message names a
+scope (by digest) and the tables a commit wrote; the thread drops the
+matching memory-tier entries and bumps their local versions. Messages from
+this process are skipped: its own commits were applied before they were
+published.
+
+The thread also watches the channel's health with a ``PING`` every
+``ping_interval`` seconds. While the channel is down — error, timeout, or
+no ``PONG`` within three intervals (a stopped server keeps its socket open)
+— invalidations could be missed, so the memory tier is *suspended*: emptied,
+and refusing stores. After re-subscribing it resumes empty. The same thread
+retries invalidations that failed to reach Redis and marks the Redis tier
+healthy again once a ``PING`` succeeds, with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["InvalidationBus"]
+
+log = logging.getLogger("querycache")
+
+
+class InvalidationBus:
+    """Subscriber thread of one cache."""
+
+    def __init__(
+        self,
+        tier: Any,
+        on_message: Callable[[str, frozenset[str] | None], None],
+        on_down: Callable[[], None],
+        on_up: Callable[[], None],
+        ping_interval: float = 0.1,
+    ) -> None:
+        self.tier = tier
+        self.on_message = on_message
+        self.on_down = on_down
+        self.on_up = on_up
+        self.ping_interval = ping_interval
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="querycache-bus", daemon=True)
+        self.messages = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # -- the thread --------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.01
+        up = False
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                client = self.tier.clients.subscriber()
+                pubsub = client.pubsub(ignore_subscribe_messages=False)
+                pubsub.subscribe(self.tier.channel)
+                self._await_subscribed(pubsub)
+                self._recover_tier()
+                self.connected.set()
+                if not up:
+                    up = True
+                    self.on_up()
+                backoff = 0.01
+                self._listen(pubsub)
+            except Exception as exc:
+                if up:
+                    log.warning("querycache: invalidation channel lost (%s)", type(exc).__name__)
+                    self.tier.stats.events["invalidation channel lost"] += 1
+            finally:
+                if up:
+                    up = False
+                    self.connected.clear()
+                    self.on_down()
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _await_subscribed(self, pubsub: Any) -> None:
+        deadline = time.monotonic() + max(1.0, self.ping_interval * 5)
+        while time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=self.ping_interval)
+            if msg and msg.get("type") == "subscribe":
+                return
+        raise TimeoutError("no subscribe confirmation")
+
+    def _recover_tier(self) -> None:
+        tier = self.tier
+        if tier.healthy and not tier.pending:
+            return
+        tier.clients.sync.ping()
+        if tier.apply_pending():
+            tier.recovered()
+
+    def _listen(self, pubsub: Any) -> None:
+        interval = self.ping_interval
+        last_pong = time.monotonic()
+        next_ping = last_pong + interval
+        while not self._stop.is_set():
+            msg = pubsub.get_message(timeout=interval / 2)
+            now = time.monotonic()
+            if msg is not None:
+                kind = msg.get("type")
+                if kind == "message":
+                    self._handle(msg.get("data"))
+                elif kind == "pong":
+                    last_pong = now
+            if now >= next_ping:
+                pubsub.ping()
+                next_ping = now + interval
+                if not (self.tier.healthy and not self.tier.pending):
+                    self._recover_tier()
+            if now - last_pong > 3 * interval + 0.05:
+                raise TimeoutError("no PONG on the invalidation channel")
+
+    def _handle(self, data: Any) -> None:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        parts = str(data).split(" ", 2)
+        if len(parts) != 3 or parts[0] == self.tier.origin:
+            return
+        self.messages += 1
+        _, sid, names = parts
+        tables = None if names == "*" else frozenset(names.split(","))
+        try:
+            self.on_message(sid, tables)
+        except Exception as exc:  # never let one message kill the thread
+            self.tier.stats.errors["bus message"] += 1
+            log.warning("querycache: bus message failed: %r", exc)

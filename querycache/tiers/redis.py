@@ -1,0 +1,350 @@
+"""L2: Redis, shared by every process.
+
+Key layout (one Redis Cluster hash tag per namespace, so every multi-key
+command stays in one slot)::
+
+    qc:{ns}:r:<digest>          an entry: codec(key digest, tokens, description, rows, rowcount)
+    qc:{ns}:v:<scope>:<table>   a table's version token (random, never reused)
+    qc:{ns}:v:<scope>:*         the scope's epoch token (writes to unknown tables)
+    qc:{ns}:g                   the namespace generation (``clear()``)
+    qc:{ns}:l:<digest>          a short lease: who fetches a missing entry
+    qc:{ns}:inv                 the pub/sub channel of invalidations
+
+An entry carries the tokens its reader saw *before* querying the database. A
+lookup is one ``MGET`` of the entry and the current tokens: the entry is
+valid only if they are equal. A committed write replaces the tokens of its
+tables (and publishes) in one round trip. Tokens are random, so an evicted
+token key comes back different and an evicted entry is a miss: eviction can
+only cause misses, never a stale hit.
+
+Every call has a short timeout; any failure marks the tier unhealthy and the
+cache carries on without it (see :mod:`querycache.invalidation.bus` for the
+way back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from querycache.integration import io
+from querycache.tiers.base import Entry
+from querycache.tiers.codec import Codec, CodecError, UnsupportedType
+from querycache.tiers.sizing import rows_size
+
+__all__ = ["RedisTier"]
+
+_FORMAT = 1
+Cmds = list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+
+
+def _digest(text: str, size: int = 8) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
+
+
+def new_token() -> bytes:
+    return os.urandom(8).hex().encode()
+
+
+class RedisTier:
+    """Entries and table versions in Redis, for sync and async engines."""
+
+    def __init__(self, clients: Any, namespace: str, codec: Codec, stats: Any) -> None:
+        self.clients = clients
+        self.codec = codec
+        self.stats = stats
+        self.prefix = f"qc:{{{namespace}}}:"
+        self.channel = self.prefix + "inv"
+        self.gen_key = self.prefix + "g"
+        self.origin = os.urandom(6).hex()
+        self.healthy = True
+        self._lock = threading.Lock()
+        self.pending: dict[str, set[str] | None] = {}  # scope digest -> tables (None: all)
+        self._vkeys: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self._down_since: float | None = None
+        self._down_reason = ""
+        self.round_trips = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- keys -------------------------------------------------------------------
+    def scope_id(self, scope: str) -> str:
+        return _digest(scope)
+
+    def version_keys(self, scope: str, tables: tuple[str, ...]) -> list[str]:
+        """``[generation, epoch, table...]`` keys of ``scope``."""
+        cached = self._vkeys.get((scope, tables))
+        if cached is None:
+            base = f"{self.prefix}v:{self.scope_id(scope)}:"
+            cached = [self.gen_key, base + "*", *[base + t for t in tables]]
+            if len(self._vkeys) > 10_000:
+                self._vkeys.clear()
+            self._vkeys[(scope, tables)] = cached
+        return cached
+
+    def lease_key(self, rkey: str) -> str:
+        return self.prefix + "l:" + rkey.rsplit(":", 1)[-1]
+
+    # -- health -----------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        return self.healthy and not self.pending
+
+    def failed(self, exc: BaseException, where: str) -> None:
+        """A Redis call failed: stop using Redis until the bus finds it back."""
+        with self._lock:
+            if self.healthy:
+                self.healthy = False
+                self._down_since = time.time()
+                self._down_reason = f"{where}: {type(exc).__name__}"
+        self.stats.errors[f"redis {where}"] += 1
+
+    def recovered(self) -> None:
+        with self._lock:
+            if not self.healthy and self._down_since is not None:
+                self.stats.degraded.append(
+                    {
+                        "start": self._down_since,
+                        "end": time.time(),
+                        "seconds": round(time.time() - self._down_since, 3),
+                        "reason": self._down_reason,
+                    }
+                )
+            self.healthy = True
+            self._down_since = None
+
+    # -- reads ----------------------------------------------------------------------
+    def lookup(
+        self, rkey: str, vkeys: list[str], is_async: bool, lease_last: bool = False
+    ) -> tuple[Entry | None, list[Any]] | None:
+        """One ``MGET``: a valid entry (or None) and the current tokens.
+
+        Returns None when Redis failed.
+        """
+        keys = [rkey, *vkeys]
+        try:
+            values = self._call(is_async, "mget", keys)
+        except Exception as exc:
+            self.failed(exc, "lookup")
+            return None
+        raw, tokens = values[0], values[1:]
+        current = tokens[:-1] if lease_last else tokens
+        if raw is None or None in current:
+            return None, tokens
+        try:
+            data = self.codec.decode(raw)
+            fmt, key_id, stored_tokens, description, rows, rowcount, expires = data  # type: ignore[misc]
+            if fmt != _FORMAT or key_id != rkey:
+                raise CodecError("entry for another key or format")
+        except (CodecError, ValueError, TypeError):
+            self.stats.events["redis values that failed to decode"] += 1
+            return None, tokens
+        if list(stored_tokens) != current:
+            return None, tokens
+        entry = Entry(description, rows, rowcount, rows_size(rows) + 200)
+        entry.expires = expires  # wall clock; the memory tier turns it into its own TTL
+        return entry, tokens
+
+    def poll(
+        self, rkey: str, vkeys: list[str], lease: str, is_async: bool
+    ) -> tuple[Entry | None, bool] | None:
+        """Like :meth:`lookup`, also telling whether ``lease`` is still held."""
+        found = self.lookup(rkey, [*vkeys, lease], is_async, lease_last=True)
+        if found is None:
+            return None
+        entry, tokens = found
+        return entry, tokens[-1] is not None
+
+    def release(self, lease: str, is_async: bool) -> None:
+        self._submit(is_async, [("delete", (lease,), {})])
+
+    def fill_tokens(self, vkeys: list[str], tokens: list[Any], is_async: bool) -> list[Any] | None:
+        """Give every missing token key a fresh token (``SET NX GET``)."""
+        missing = [i for i, t in enumerate(tokens) if t is None]
+        if not missing:
+            return tokens
+        fresh = {i: new_token() for i in missing}
+        try:
+            got = self._pipeline(
+                is_async,
+                [("set", (vkeys[i], fresh[i]), {"nx": True, "get": True}) for i in missing],
+            )
+        except Exception as exc:
+            self.failed(exc, "version init")
+            return None
+        out = list(tokens)
+        for i, old in zip(missing, got):
+            out[i] = old if old is not None else fresh[i]
+        return out
+
+    # -- writes ---------------------------------------------------------------------
+    def store(
+        self,
+        rkey: str,
+        tokens: list[Any],
+        entry: Entry,
+        ttl: float,
+        lease: str | None,
+        is_async: bool,
+    ) -> bool:
+        """``SET`` the entry (and drop the lease) in one round trip, in the
+        background: the caller has its rows already."""
+        try:
+            expires = time.time() + ttl if ttl != float("inf") else 0.0
+            value = self.codec.encode(
+                (
+                    _FORMAT,
+                    rkey,
+                    tuple(tokens),
+                    entry.description,
+                    entry.rows,
+                    entry.rowcount,
+                    expires,
+                )
+            )
+        except UnsupportedType:
+            self.stats.events["results with types the codec cannot store"] += 1
+            if lease:
+                self._submit(is_async, [("delete", (lease,), {})])
+            return False
+        ms = max(1, int(ttl * 1000)) if ttl != float("inf") else None
+        cmds: Cmds = [("set", (rkey, value), {"px": ms} if ms else {})]
+        if lease:
+            cmds.append(("delete", (lease,), {}))
+        self._submit(is_async, cmds)
+        return True
+
+    def _submit(self, is_async: bool, cmds: Cmds) -> None:
+        self.round_trips += 1
+        if is_async:
+            coro = _run_async_pipeline(self.clients.async_client(), cmds)
+            task = asyncio.get_running_loop().create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        else:
+            self._executor().submit(self._background, cmds)
+
+    def _background(self, cmds: Cmds) -> None:
+        try:
+            pipe = self.clients.sync.pipeline(transaction=False)
+            for name, args, kw in cmds:
+                getattr(pipe, name)(*args, **kw)
+            pipe.execute()
+        except Exception as exc:
+            # a failed store is harmless (a miss later), but a dead server is not
+            self.failed(exc, "store")
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed(task.exception(), "store")  # type: ignore[arg-type]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(2, thread_name_prefix="querycache-store")
+        return self._pool
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait for background stores (tests and shutdown)."""
+        if self._pool is not None:
+            self._pool.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.clients.close()
+
+    def acquire_lease(self, lease: str, ms: int, is_async: bool) -> bool | None:
+        try:
+            return bool(self._call(is_async, "set", lease, self.origin, nx=True, px=ms))
+        except Exception as exc:
+            self.failed(exc, "lease")
+            return None
+
+    def bump(self, scope: str, tables: frozenset[str] | None, is_async: bool | None) -> bool:
+        """Replace the tokens of ``tables`` (None: the scope epoch) and publish.
+
+        ``is_async=None`` runs on the sync client (background thread). On
+        failure the bump stays pending: this process stops reading Redis until
+        the bus applies it.
+        """
+        sid = self.scope_id(scope)
+        base = f"{self.prefix}v:{sid}:"
+        names = ["*"] if tables is None else sorted(tables)
+        cmds: Cmds = [("set", (base + t, new_token()), {}) for t in names]
+        message = self.origin + " " + sid + " " + ("*" if tables is None else ",".join(names))
+        cmds.append(("publish", (self.channel, message), {}))
+        try:
+            self._pipeline(bool(is_async), cmds)
+        except Exception as exc:
+            with self._lock:
+                if tables is None or self.pending.get(sid, set()) is None:
+                    self.pending[sid] = None
+                else:
+                    self.pending.setdefault(sid, set()).update(tables)  # type: ignore[union-attr]
+            self.failed(exc, "invalidate")
+            return False
+        return True
+
+    def bump_generation(self, is_async: bool | None) -> bool:
+        try:
+            self._pipeline(
+                bool(is_async),
+                [
+                    ("set", (self.gen_key, new_token()), {}),
+                    ("publish", (self.channel, self.origin + " * *"), {}),
+                ],
+            )
+        except Exception as exc:
+            self.failed(exc, "clear")
+            return False
+        return True
+
+    def apply_pending(self) -> bool:
+        """Retry failed invalidations on the sync client (from the bus thread)."""
+        with self._lock:
+            pending, self.pending = self.pending, {}
+        ok = True
+        for sid, tables in pending.items():
+            base = f"{self.prefix}v:{sid}:"
+            names = ["*"] if tables is None else sorted(tables)
+            cmds = [("set", (base + t, new_token()), {}) for t in names]
+            try:
+                self._pipeline(False, cmds)
+            except Exception:
+                ok = False
+                with self._lock:
+                    old = self.pending.get(sid, set())
+                    self.pending[sid] = None if tables is None or old is None else old | tables
+        return ok
+
+    # -- I/O edges ------------------------------------------------------------------
+    def _call(self, is_async: bool, name: str, *args: Any, **kw: Any) -> Any:
+        self.round_trips += 1
+        if is_async:
+            return io.run(getattr(self.clients.async_client(), name)(*args, **kw))
+        return getattr(self.clients.sync, name)(*args, **kw)
+
+    def _pipeline(self, is_async: bool, cmds: Cmds) -> list[Any]:
+        self.round_trips += 1
+        if is_async:
+            return io.run(_run_async_pipeline(self.clients.async_client(), cmds))
+        pipe = self.clients.sync.pipeline(transaction=False)
+        for name, args, kw in cmds:
+            getattr(pipe, name)(*args, **kw)
+        return pipe.execute()
+
+
+async def _run_async_pipeline(client: Any, cmds: Cmds) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for name, args, kw in cmds:
+        getattr(pipe, name)(*args, **kw)
+    return await pipe.execute()
