@@ -91,6 +91,7 @@ class CachingContext:
     _qc: EngineBinding
     _qc_miss: Miss | None = None
     _qc_after: str | None = None
+    _qc_key: Any = None
 
     # -- create_cursor --------------------------------------------------
     def create_cursor(self) -> Any:
@@ -135,6 +136,7 @@ class CachingContext:
                     key = entry = None
                 if entry is not None:
                     self._qc_serve(entry)
+                    self._qc_key = key
                     entry.stats.memory_hits += 1
                     return super().pre_exec()  # type: ignore[misc]
         try:
@@ -203,7 +205,7 @@ class CachingContext:
         except Exception:
             pass
         try:
-            self._qc.store(miss, description, rows, rowcount, elapsed)
+            self._qc.store(self, miss, description, rows, rowcount, elapsed)
         except Exception as exc:
             self._qc.core.failed("store", exc)
             if miss.flight is not None:

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from querycache.analysis import ALL
 from querycache.errors import OptionError
 from querycache.integration import io
+from querycache.integration.connection import make_connection_class
 from querycache.integration.context import (
     Miss,
     committed_now,
@@ -72,6 +73,9 @@ class EngineBinding:
         self.check_isolation = dialect.name == "postgresql"
         self.await_ready = io.await_ready
         self.views_pending = False
+        self.dialect = dialect
+        self.aliases: dict[Any, Any] = {}
+        self.context_class: Any = None
 
     @staticmethod
     def identity_of(engine: Engine) -> str:
@@ -151,6 +155,7 @@ class EngineBinding:
         entry = self.memory.get(key)
         if entry is not None:
             ctx._qc_serve(entry)
+            ctx._qc_key = key
             qs.memory_hits += 1
             if capture is not None:
                 capture.entry, capture.storable = entry, True
@@ -193,8 +198,10 @@ class EngineBinding:
             ttl = miss.ttl
             if entry.expires:
                 ttl = min(ttl, entry.expires - time.time())
-            if ttl > 0:
-                self.memory.put(miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, ttl)
+            if ttl > 0 and self.memory.put(
+                miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, ttl
+            ):
+                ctx._qc_key = miss.key
         ctx._qc_serve(entry)
         qs.redis_hits += 1
         if miss.flight is not None:
@@ -248,7 +255,13 @@ class EngineBinding:
             self.apply_pending(fairy)
 
     def store(
-        self, miss: Miss, description: Any, rows: list[Any], rowcount: int, elapsed: float
+        self,
+        ctx: Any,
+        miss: Miss,
+        description: Any,
+        rows: list[Any],
+        rowcount: int,
+        elapsed: float,
     ) -> None:
         """Account for a miss and store its result when that is safe."""
         qs = miss.qs
@@ -267,6 +280,8 @@ class EngineBinding:
             )
             if stored:
                 qs.stores += 1
+                ctx._qc_key = miss.key
+                ctx._qc_key = miss.key
             else:
                 qs.not_stored["invalidated while reading"] += 1
         if miss.flight is not None:
@@ -314,6 +329,8 @@ def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
     binding = EngineBinding(core, engine, ident)
     dialect = engine.dialect
     dialect.execution_ctx_cls = make_context_class(dialect.execution_ctx_cls, binding)
+    binding.context_class = dialect.execution_ctx_cls
+    engine._connection_cls = make_connection_class(engine._connection_cls, binding)
 
     original_commit = dialect.do_commit
     original_rollback = dialect.do_rollback
