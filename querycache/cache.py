@@ -201,9 +201,11 @@ class QueryCache:
         """A drop-in for :class:`sqlalchemy.ext.asyncio.async_sessionmaker`."""
         if bind is not None:
             self.wrap(bind)
-        maker = async_sessionmaker(bind=bind, **kw)
-        self._orm.install(maker)
-        return maker
+        # async sessions run a sync Session inside; the hook goes on its class
+        base = kw.pop("sync_session_class", orm.Session)
+        sync_class = type(f"QueryCache{base.__name__}", (base,), {})
+        self._orm.install(sync_class)
+        return async_sessionmaker(bind=bind, sync_session_class=sync_class, **kw)
 
     # -- invalidation -----------------------------------------------------------
     def invalidate(self, *tables: str) -> None:

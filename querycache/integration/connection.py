@@ -125,7 +125,7 @@ class CachingConnection(Connection):
         )
         ctx.is_text = compiled.isplaintext
         ctx.cursor = ReplayCursor(entry.description, entry.rows, entry.rowcount)
-        ctx._is_server_side = False
+        ctx._is_server_side = bool(options.get("stream_results"))
         ctx._qc_key = key
         entry.stats.memory_hits += 1
         if binding.is_async:

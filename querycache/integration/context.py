@@ -150,7 +150,8 @@ class CachingContext:
 
     def _qc_serve(self, entry: Entry) -> None:
         self.cursor = ReplayCursor(entry.description, entry.rows, entry.rowcount)
-        self._is_server_side = False
+        # a streamed result stays "server side" (AsyncConnection.stream checks)
+        self._is_server_side = bool(self.execution_options.get("stream_results"))
         if self._qc.is_async:
             self._qc.await_ready()
 

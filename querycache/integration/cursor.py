@@ -55,6 +55,9 @@ class ReplayCursor:
     def close(self) -> None:
         self._rows = []
 
+    async def _async_soft_close(self) -> None:
+        """SQLAlchemy's async results call this on their cursor; nothing to do."""
+
     def __iter__(self) -> Any:
         while (row := self.fetchone()) is not None:
             yield row
