@@ -16,13 +16,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import orm
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from querycache.analysis import Analysis, Analyzer
+from querycache.integration.catalog import Catalog, read_catalog
 from querycache.integration.engine import EngineBinding, attach
 from querycache.integration.orm import OrmFastPath
-from querycache.integration.views import read_views
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.versions import LocalVersions
 from querycache.report import Report, build_report
@@ -79,8 +79,10 @@ class QueryCache:
         side-effect free (makes queries using them cacheable).
     :param never_cache_tables: tables whose reads are never cached.
     :param view_dependencies: view name → base tables it reads, so that
-        writes to the base tables invalidate readers of the view (discovered
-        automatically on PostgreSQL when ``discover_views`` is true).
+        writes to the base tables invalidate readers of the view.
+    :param discover_views: read hidden dependencies from each database's
+        catalog when an engine is wrapped (and after DDL): views, foreign-key
+        cascades, triggers, functions that write (PostgreSQL and SQLite).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class QueryCache:
         self._closed = False
         self._orm = OrmFastPath(self)
         self._scope_ids: dict[str, str] = {}
+        self.catalogs: dict[str, Catalog] = {}
         self.redis: RedisTier | None = None
         self.bus: InvalidationBus | None = None
         if redis_url is not None or redis is not None:
@@ -172,18 +175,15 @@ class QueryCache:
             owner = getattr(sync.dialect.execution_ctx_cls, "_qc", None)
             if owner is not None:
                 raise ValueError("this engine is already wrapped by another QueryCache")
-            if self.settings.discover_views and sync.dialect.name == "postgresql":
-                if sync.dialect.is_async:
-                    views_pending = True
-                else:
-                    self._discover_views_now(sync)
-                    views_pending = False
-            else:
-                views_pending = False
             identity = EngineBinding.identity_of(sync)
             ident = self._idents.setdefault(identity, len(self._idents) + 1)
             binding = attach(self, sync, ident)
-            binding.views_pending = views_pending
+            if self.settings.discover_views:
+                # async engines can only do I/O inside their event loop: on
+                # their first execution instead
+                binding.catalog_pending = True
+                if not sync.dialect.is_async:
+                    self._discover_now(sync, binding)
             self._bindings[id(sync.dialect)] = binding
             if self.redis is not None:
                 self._scope_ids[self.redis.scope_id(binding.scope)] = binding.scope
@@ -192,7 +192,7 @@ class QueryCache:
     def sessionmaker(self, bind: Any = None, **kw: Any) -> orm.sessionmaker[orm.Session]:
         """A drop-in for :class:`sqlalchemy.orm.sessionmaker` (wraps ``bind``)."""
         if bind is not None:
-            self.wrap(bind)
+            self.wrap(_engine_of(bind))
         maker = orm.sessionmaker(bind=bind, **kw)
         self._orm.install(maker)
         return maker
@@ -200,7 +200,7 @@ class QueryCache:
     def async_sessionmaker(self, bind: Any = None, **kw: Any) -> async_sessionmaker[Any]:
         """A drop-in for :class:`sqlalchemy.ext.asyncio.async_sessionmaker`."""
         if bind is not None:
-            self.wrap(bind)
+            self.wrap(_engine_of(bind))
         # async sessions run a sync Session inside; the hook goes on its class
         base = kw.pop("sync_session_class", orm.Session)
         sync_class = type(f"QueryCache{base.__name__}", (base,), {})
@@ -235,6 +235,10 @@ class QueryCache:
         """
         if tables is not None:
             tables = self._expand_views(tables)
+            catalog = self.catalogs.get(scope)
+            if catalog is not None:
+                tables = catalog.expand_writes(tables)
+        if tables is not None:
             for t in tables:
                 self.stats.table(t).invalidations += 1
         else:
@@ -312,19 +316,31 @@ class QueryCache:
     def _scopes(self) -> set[str]:
         return {b.scope for b in self._bindings.values()}
 
-    def _discover_views_now(self, engine: Engine) -> None:
+    def _discover_now(self, engine: Engine, binding: EngineBinding) -> None:
         try:
             raw = engine.raw_connection()
-        except Exception as exc:
-            self.failed("view discovery", exc)
+        except Exception as exc:  # the database may be down: try again on first use
+            self.failed("catalog discovery", exc)
             return
         try:
-            self.add_views(read_views(raw))
+            self.discover(binding, raw)
             raw.rollback()
-        except Exception as exc:
-            self.failed("view discovery", exc)
         finally:
             raw.close()
+
+    def discover(self, binding: EngineBinding, dbapi_connection: Any) -> None:
+        """Read the hidden dependencies of ``binding``'s database (never raises)."""
+        binding.catalog_pending = False
+        try:
+            catalog = read_catalog(dbapi_connection, binding.dialect_name, self.analyzer)
+        except Exception as exc:
+            self.failed("catalog discovery", exc)
+            return
+        old = self.catalogs.get(binding.scope)
+        if old is not None:
+            catalog.missing = old.missing - catalog.known
+        self.catalogs[binding.scope] = catalog
+        self.add_views(catalog.views)
 
     def add_views(self, views: Mapping[str, Iterable[str]]) -> None:
         if not views:
@@ -345,6 +361,13 @@ class QueryCache:
         for t in tables:
             extra.update(self._views.get(t, ()))
         return tables | extra if extra else tables
+
+
+def _engine_of(bind: Any) -> Any:
+    """The engine behind a session bind (an engine or a connection)."""
+    if isinstance(bind, Connection | AsyncConnection):
+        return bind.engine
+    return bind
 
 
 def _table_name(name: str) -> str:

@@ -18,8 +18,10 @@ values and statement text out of Redis key names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import socket
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -34,17 +36,43 @@ def result_identity(url: URL, engine_id: int) -> str:
     return url.set(password=None).render_as_string(hide_password=False)
 
 
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+_LOCAL = {"", "localhost", "127.0.0.1", "::1", "ip6-localhost"}
+
+
 def scope_of(url: URL, engine_id: int) -> str:
-    """The invalidation scope: which database's tables a name refers to."""
+    """The invalidation scope: which database's tables a name refers to.
+
+    Spellings of one server agree: ``localhost``, ``127.0.0.1`` and a local
+    socket are one host, a hostname is resolved to its address, a missing
+    port is the backend's default; a SQLite file is its real path whether
+    given as a path or a ``file:`` URI.
+    """
     backend = url.get_backend_name()
     if backend == "sqlite":
         if _is_private_sqlite(url):
             return f"sqlite:memory:{engine_id}"
         database = url.database or ""
         if database.startswith("file:"):
-            return f"sqlite:{database.split('?', 1)[0]}"
+            path = database[5:].split("?", 1)[0]
+            if "mode=memory" in database:
+                return f"sqlite:memory:{path}"
+            database = path
         return f"sqlite:{os.path.realpath(database)}"
-    return f"{backend}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+    port = url.port or _DEFAULT_PORTS.get(backend, "")
+    return f"{backend}://{_host(url.host or '')}:{port}/{url.database or ''}"
+
+
+@functools.lru_cache(maxsize=256)
+def _host(host: str) -> str:
+    name = host.lower().strip("[]")
+    if name in _LOCAL or name.startswith("127.") or name.startswith("/"):
+        return "local"
+    try:
+        address = socket.getaddrinfo(name, None)[0][4][0]
+    except (OSError, UnicodeError):
+        return name
+    return "local" if address in _LOCAL or address.startswith("127.") else address
 
 
 def _is_private_sqlite(url: URL) -> bool:

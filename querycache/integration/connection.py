@@ -23,6 +23,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 
 from querycache.integration.cursor import ReplayCursor
 from querycache.invalidation.transactions import STATE_KEY
+from querycache.tiers.base import thaw
 
 if TYPE_CHECKING:
     from querycache.integration.engine import EngineBinding
@@ -73,7 +74,11 @@ class CachingConnection(Connection):
             except TypeError:  # unhashable parameter values
                 akey = key = None
             if key is not None:
-                result = self._qc_hit(binding, key, statement, execution_options, args)
+                try:
+                    result = self._qc_hit(binding, key, statement, execution_options, args)
+                except Exception as exc:  # never fail the query: take the normal path
+                    binding.core.failed("connection fast path", exc)
+                    result = None
                 if result is not None:
                     return result
             result = super()._execute_context(
@@ -95,7 +100,7 @@ class CachingConnection(Connection):
         self, binding: EngineBinding, key: Any, compiled: Any, options: Any, args: Any
     ) -> Any:
         fairy = self._dbapi_connection
-        if fairy is None or STATE_KEY in fairy.info:
+        if fairy is None or not binding.fast_ok or STATE_KEY in fairy.info:
             return None
         if options and not binding.plain_options(options):
             return None
@@ -124,7 +129,8 @@ class CachingConnection(Connection):
             compiled._loose_column_name_matching,
         )
         ctx.is_text = compiled.isplaintext
-        ctx.cursor = ReplayCursor(entry.description, entry.rows, entry.rowcount)
+        rows = thaw(entry.rows) if entry.mutable else entry.rows
+        ctx.cursor = ReplayCursor(entry.description, rows, entry.rowcount)
         ctx._is_server_side = bool(options.get("stream_results"))
         ctx._qc_key = key
         entry.stats.memory_hits += 1

@@ -28,12 +28,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from querycache.analysis import ALL
+from querycache.errors import OptionError
 from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
 from querycache.integration.shared import release_lease
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import stable_repr
-from querycache.tiers.base import Entry
+from querycache.tiers.base import Entry, has_mutable, thaw
 from querycache.tiers.sizing import rows_size
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class CachingContext:
     _qc_miss: Miss | None = None
     _qc_after: str | None = None
     _qc_key: Any = None
+    _qc_reason: str | None = None
 
     # -- create_cursor --------------------------------------------------
     def create_cursor(self) -> Any:
@@ -111,28 +113,38 @@ class CachingContext:
         key = None
         if self.cursor is DEFERRED:  # type: ignore[has-type]
             opts = self.execution_options  # type: ignore[attr-defined]
+            try:
+                info = self._dbapi_connection.info  # type: ignore[attr-defined]
+            except NotImplementedError:
+                # SQLAlchemy's first-connect probe: no pool record, no caching
+                self.cursor = self._qc_real_cursor()
+                return super().pre_exec()  # type: ignore[misc]
             if (
-                not opts or binding.plain_options(opts)
-            ) and STATE_KEY not in self._dbapi_connection.info:  # type: ignore[attr-defined]
+                binding.fast_ok
+                and (not opts or binding.plain_options(opts))
+                and STATE_KEY not in info
+            ):
                 # The hit path: no analysis, no logging, one dict lookup.
                 params = self.parameters[0]  # type: ignore[attr-defined]
                 if type(params) is dict:
                     key = (
                         binding.ident,
-                        self.statement,
-                        tuple(params.items()),  # type: ignore[attr-defined]
+                        self.statement,  # type: ignore[attr-defined]
+                        tuple(params.items()),
                         tuple([type(v) for v in params.values()]),
                     )
                 else:
                     key = (
                         binding.ident,
-                        self.statement,
-                        params,  # type: ignore[attr-defined]
+                        self.statement,  # type: ignore[attr-defined]
+                        params,
                         tuple([type(v) for v in params]),
                     )
                 try:
                     entry = binding.memory.get(key)
-                except TypeError:
+                except Exception as exc:
+                    if not isinstance(exc, TypeError):  # TypeError: unhashable values
+                        binding.core.failed("memory lookup", exc)
                     key = entry = None
                 if entry is not None:
                     self._qc_serve(entry)
@@ -141,6 +153,9 @@ class CachingContext:
                     return super().pre_exec()  # type: ignore[misc]
         try:
             binding.before(self, key)
+        except OptionError:
+            self._qc_abandon()
+            raise
         except Exception as exc:  # the cache must never fail the query
             binding.core.failed("before execute", exc)
             self._qc_abandon()
@@ -149,7 +164,8 @@ class CachingContext:
         super().pre_exec()  # type: ignore[misc]
 
     def _qc_serve(self, entry: Entry) -> None:
-        self.cursor = ReplayCursor(entry.description, entry.rows, entry.rowcount)
+        rows = thaw(entry.rows) if entry.mutable else entry.rows
+        self.cursor = ReplayCursor(entry.description, rows, entry.rowcount)
         # a streamed result stays "server side" (AsyncConnection.stream checks)
         self._is_server_side = bool(self.execution_options.get("stream_results"))
         if self._qc.is_async:
@@ -186,7 +202,8 @@ class CachingContext:
         try:
             description = cursor.description
             if description is None:  # not a row-returning statement after all
-                self._qc.core.flights.land(miss.key, miss.flight, None) if miss.flight else None
+                self._qc_miss = miss
+                self._qc_abandon()
                 return
             rows = cursor.fetchall()
             rowcount = cursor.rowcount
@@ -206,7 +223,9 @@ class CachingContext:
         except Exception:
             pass
         try:
-            self._qc.store(self, miss, description, rows, rowcount, elapsed)
+            entry = self._qc.store(self, miss, description, rows, rowcount, elapsed)
+            if entry.mutable:  # the caller may change its dicts; the entry keeps its own
+                self.cursor = ReplayCursor(description, thaw(rows), rowcount)
         except Exception as exc:
             self._qc.core.failed("store", exc)
             if miss.flight is not None:
@@ -256,4 +275,6 @@ def make_context_class(base: type, binding: EngineBinding) -> type:
 def entry_for(description: Any, rows: list[tuple[Any, ...]], rowcount: int) -> Entry:
     """A new :class:`Entry` with its size measured."""
     size = rows_size(rows) + 64 * len(description) + 200
-    return Entry(description, rows, rowcount, size)
+    entry = Entry(description, rows, rowcount, size)
+    entry.mutable = has_mutable(rows)
+    return entry

@@ -36,7 +36,6 @@ from querycache.integration.context import (
 from querycache.integration.drivers import in_transaction
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
-from querycache.integration.views import read_views
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import result_identity, scope_of
 from querycache.tiers.base import Entry
@@ -72,7 +71,11 @@ class EngineBinding:
         # here; SQLite's explicit transactions are found by asking the driver.
         self.check_isolation = dialect.name == "postgresql"
         self.await_ready = io.await_ready
-        self.views_pending = False
+        self.catalog_pending = False
+        # False until the first full execution has seen the engine's default
+        # isolation level (read by SQLAlchemy at first connect): snapshot
+        # isolation by default turns every fast path off
+        self.fast_ok = False
         self.dialect = dialect
         self.aliases: dict[Any, Any] = {}
         self.context_class: Any = None
@@ -84,13 +87,24 @@ class EngineBinding:
 
     # -- options ------------------------------------------------------------
     def plain_options(self, opts: Mapping[str, Any]) -> bool:
-        """True when ``opts`` allow the hit path as is."""
-        if opts.get("querycache", True) is not True or CAPTURE_OPTION in opts:
-            return False
-        return not (
-            self.check_isolation
-            and opts.get("isolation_level", self.default_isolation) in SNAPSHOT_LEVELS
-        )
+        """True when ``opts`` need nothing but the hit path.
+
+        Options of ours, an isolation level or an ORM capture send the
+        execution to :meth:`before`, which validates and applies them.
+        """
+        for name in opts:
+            if name.startswith(("querycache", "_querycache", "isolation_level")):
+                return False
+        return True
+
+    def isolation_of(self, opts: Mapping[str, Any]) -> str | None:
+        """The isolation level a statement runs at, as far as SQLAlchemy knows
+        (the connection's option, the engine's, or the server default read at
+        first connect)."""
+        level = opts.get("isolation_level") or self.default_isolation
+        if level is None:
+            level = getattr(self.dialect, "default_isolation_level", None)
+        return level.upper() if isinstance(level, str) else None
 
     def check_options(self, opts: Mapping[str, Any]) -> None:
         for name in opts:
@@ -117,10 +131,16 @@ class EngineBinding:
         if opts:
             self.check_options(opts)
         core = self.core
-        if self.views_pending:
-            self._discover_views(ctx)
+        self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
+        if self.catalog_pending:
+            core.discover(self, ctx._dbapi_connection)
         plan = core.plan(ctx.statement, self.dialect_name)
         analysis = plan.analysis
+        catalog = core.catalogs.get(self.scope)
+        if catalog is not None and catalog.has_news(_relations(analysis)):
+            core.discover(self, ctx._dbapi_connection)  # created behind our back
+            plan = core.plan(ctx.statement, self.dialect_name)
+            analysis = plan.analysis
         info = ctx._dbapi_connection.info
         if analysis.kind != "read" or ctx.executemany:
             self._before_other(ctx, plan, info)
@@ -134,14 +154,14 @@ class EngineBinding:
             qs.bypasses[analysis.reason or "not cacheable"] += 1
             if analysis.session_state:
                 state_of(info).tainted = True
+            if analysis.reason and analysis.reason.startswith("unknown function"):
+                ctx._qc_reason = analysis.reason
+                self._functions_may_write(ctx, info)
             return
         if opts.get("querycache", True) is False:
             qs.bypasses["disabled by execution option"] += 1
             return
-        if (
-            self.check_isolation
-            and opts.get("isolation_level", self.default_isolation) in SNAPSHOT_LEVELS
-        ):
+        if self.check_isolation and self.isolation_of(opts) in SNAPSHOT_LEVELS:
             qs.bypasses["snapshot isolation"] += 1
             return
         state = info.get(STATE_KEY)
@@ -189,6 +209,7 @@ class EngineBinding:
             return
         ctx._qc_miss = miss
         ctx.cursor = ctx._qc_real_cursor()
+        miss.started = time.perf_counter()  # database time only, not Redis
 
     def _serve_shared(self, ctx: Any, miss: Miss, entry: Entry) -> None:
         """A Redis hit: fill the memory tier, serve, wake this process's followers."""
@@ -210,12 +231,19 @@ class EngineBinding:
             miss.capture.entry, miss.capture.storable = entry, miss.store
             miss.capture.snapshot = miss.snapshot
 
-    def _discover_views(self, ctx: Any) -> None:
-        self.views_pending = False
-        try:
-            self.core.add_views(read_views(ctx._dbapi_connection))
-        except Exception as exc:
-            self.core.failed("view discovery", exc)
+    def _functions_may_write(self, ctx: Any, info: dict[str, Any]) -> None:
+        """A SELECT calling a function that writes is a write."""
+        catalog = self.core.catalogs.get(self.scope)
+        if catalog is None:
+            return
+        name = (ctx._qc_reason or "").partition(": ")[2].lower()
+        if name and catalog.has_new_function(name):
+            self.core.discover(self, ctx._dbapi_connection)  # created behind our back
+            catalog = self.core.catalogs.get(self.scope) or catalog
+        found, written = catalog.functions_written(ctx.statement)
+        if found:
+            record_write(info, ALL if written is None else written)
+            ctx._qc_after = "write"
 
     def _before_other(self, ctx: Any, plan: Any, info: dict[str, Any]) -> None:
         analysis = plan.analysis
@@ -238,7 +266,7 @@ class EngineBinding:
         if written is not ALL and not written:
             return
         record_write(info, written)
-        if kind == "ddl" and self.check_isolation:
+        if kind == "ddl":
             state_of(info).ddl = True
         self.core.count_writes(written)
         ctx._qc_after = "write"
@@ -262,7 +290,7 @@ class EngineBinding:
         rows: list[Any],
         rowcount: int,
         elapsed: float,
-    ) -> None:
+    ) -> Entry:
         """Account for a miss and store its result when that is safe."""
         qs = miss.qs
         qs.misses += 1
@@ -294,6 +322,7 @@ class EngineBinding:
         capture = miss.capture
         if capture is not None:
             capture.entry, capture.storable, capture.snapshot = entry, miss.store, miss.snapshot
+        return entry
 
     # -- transaction ends -------------------------------------------------------
     def apply_pending(self, fairy: Any) -> None:
@@ -305,7 +334,7 @@ class EngineBinding:
         state.snapshot = False
         if state.ddl:
             state.ddl = False
-            self.views_pending = self.core.settings.discover_views
+            self.catalog_pending = self.core.settings.discover_views
         if state.idle:
             info.pop(STATE_KEY, None)
         if everything:
@@ -364,6 +393,13 @@ def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
             _guarded(core, "invalidate", binding.apply_pending, _RecordView(record))
 
     return binding
+
+
+def _relations(analysis: Any) -> frozenset[str]:
+    written = analysis.tables_written
+    if written is ALL or not written:
+        return analysis.tables_read  # type: ignore[no-any-return]
+    return analysis.tables_read | written  # type: ignore[no-any-return]
 
 
 def _info_of(fairy: Any) -> dict[str, Any] | None:

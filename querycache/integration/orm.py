@@ -25,14 +25,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
-from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.result import IteratorResult
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_dict, instance_state
 from sqlalchemy.orm.context import _MapperEntity, _ORMColumnEntity, _RawColumnEntity
 
 from querycache.invalidation.transactions import STATE_KEY
-from querycache.tiers.base import Entry
-from querycache.tiers.sizing import rows_size
+from querycache.tiers.base import Entry, thaw
+from querycache.tiers.sizing import getsizeof, value_size
 
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
@@ -77,30 +78,52 @@ class _Entity:
 class OrmPlan:
     """How to turn raw rows of one compiled ORM statement into entry rows."""
 
-    __slots__ = ("key_set", "metadata", "processors", "qs", "scope", "slots", "tables")
+    __slots__ = (
+        "attributes",
+        "key_set",
+        "metadata",
+        "processors",
+        "qs",
+        "scope",
+        "slots",
+        "tables",
+    )
 
     def __init__(
         self,
         slots: list[Any],
         processors: list[Any],
-        keys: list[str],
+        result: Any,
         tables: tuple[str, ...],
         scope: str,
         qs: Any,
     ) -> None:
         self.slots = slots
         self.processors = processors
-        self.metadata = SimpleResultMetaData(keys)
+        # the miss's own metadata: rows of a hit answer to entities and columns
+        # (row._mapping[User], .columns(User.id)) exactly as the ORM's do
+        self.metadata = result._metadata
+        self.attributes = result._attributes
         self.tables = tables
         self.scope = scope
         self.qs = qs
         self.key_set = [frozenset(s.attr_keys) if isinstance(s, _Entity) else None for s in slots]
 
-    def convert(self, raw_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def convert(self, raw_rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int, bool]:
+        """Entry rows, the bytes they add (values shared with the raw rows are
+        already counted there), and whether any value is mutable."""
         procs = self.processors
+        converted = [i for i, p in enumerate(procs) if p is not None]
         out = []
+        size = getsizeof(out)
+        mutable = False
         for raw in raw_rows:
             row = [p(v) if p is not None else v for p, v in zip(procs, raw)]
+            for i in converted:
+                size += value_size(row[i])
+            for v in row:
+                if type(v) is dict or type(v) is list:
+                    mutable = True
             item: list[Any] = []
             for slot in self.slots:
                 if type(slot) is int:
@@ -110,14 +133,19 @@ class OrmPlan:
                 if None in pk:
                     item.append(None)
                 else:
-                    item.append((pk, tuple([row[i] for i in slot.value_index])))
-            out.append(tuple(item))
-        return out
+                    values = tuple([row[i] for i in slot.value_index])
+                    item.append((pk, values))
+                    size += 56 + getsizeof(pk) + getsizeof(values)
+            t = tuple(item)
+            size += getsizeof(t)
+            out.append(t)
+        return out, size + 8 * len(out), mutable
 
 
 def _plan_for(
-    ctx: Any, qs: Any, tables: tuple[str, ...], scope: str, keys: list[str]
+    ctx: Any, qs: Any, tables: tuple[str, ...], scope: str, result: Any
 ) -> OrmPlan | object:
+    keys = list(result.keys())
     compiled = ctx.compiled
     state = getattr(compiled, "compile_state", None)
     entities = getattr(state, "_entities", None)
@@ -184,7 +212,7 @@ def _plan_for(
             return _UNSUPPORTED
     if len(keys) != len(slots):
         return _UNSUPPORTED
-    return OrmPlan(slots, processors, keys, tables, scope, qs)
+    return OrmPlan(slots, processors, result, tables, scope, qs)
 
 
 def _hashable(v: Any) -> Any:
@@ -257,7 +285,6 @@ class OrmFastPath:
                 ck.key,
                 tuple([_hashable(b.effective_value) for b in ck.bindparams]),
                 tuple(sorted((k, _hashable(v)) for k, v in params.items())) if params else (),
-                opts.get("schema_translate_map") and tuple(opts["schema_translate_map"].items()),
             )
             hash(key)
         except TypeError:
@@ -267,29 +294,41 @@ class OrmFastPath:
         if entry is not None:
             plan: OrmPlan = entry.description  # the plan rides in the description slot
             plan.qs.memory_hits += 1
-            return IteratorResult(plan.metadata, iter(self._materialize(session, plan, entry.rows)))
+            rows = thaw(entry.rows) if entry.mutable else entry.rows
+            result = IteratorResult(plan.metadata, iter(self._materialize(session, plan, rows)))
+            result._attributes = plan.attributes
+            return result
         known = self.plans.get(ck.key)
         if known is _UNSUPPORTED:
             return None
         return self._miss(state, key, ck.key, binding, opts)
 
     def _binding_for(self, session: Session, state: Any) -> EngineBinding | None:
+        """The binding this statement would run on, if nothing rules a hit out."""
         bind = session.bind if not session.binds else session.get_bind(**state.bind_arguments)
-        bindings = self.cache._bindings
-        binding = bindings.get(id(getattr(bind, "dialect", None)))
-        if binding is None:
+        binding = self.cache._bindings.get(id(getattr(bind, "dialect", None)))
+        if binding is None or not binding.fast_ok:
             return None
+        # options of an OptionEngine or a Connection bind apply below us
+        if getattr(bind, "_execution_options", None) and not binding.plain_options(
+            bind._execution_options  # type: ignore[union-attr]
+        ):
+            return None
+        if "schema_translate_map" in (getattr(bind, "_execution_options", None) or ()):
+            return None
+        connections = [bind] if isinstance(bind, Connection) else []
         tx = session._transaction
         if tx is not None:
-            for conn, *_ in tx._connections.values():
-                fairy = conn._dbapi_connection
-                if fairy is not None and STATE_KEY in fairy.info:
-                    return None
-                iso = conn._execution_options.get("isolation_level")
-                if iso is not None and not binding.plain_options({"isolation_level": iso}):
-                    return None
-        if not binding.plain_options({}):
-            return None
+            connections += [entry[0] for entry in tx._connections.values()]
+        for conn in connections:
+            fairy = conn._dbapi_connection
+            if fairy is not None and STATE_KEY in fairy.info:
+                return None  # that transaction wrote, or the connection is tainted
+            conn_opts = conn._execution_options
+            if conn_opts and (
+                not binding.plain_options(conn_opts) or "schema_translate_map" in conn_opts
+            ):
+                return None
         return binding
 
     def _miss(self, state: Any, key: Any, plan_key: Any, binding: EngineBinding, opts: Any) -> Any:
@@ -304,16 +343,15 @@ class OrmFastPath:
         plan = self.plans.get(plan_key)
         if plan is None:
             dbapi_plan = self.cache.plan(ctx.statement, binding.dialect_name)
-            plan = _plan_for(
-                ctx, dbapi_plan.stats, dbapi_plan.tables, binding.scope, list(result.keys())
-            )
+            plan = _plan_for(ctx, dbapi_plan.stats, dbapi_plan.tables, binding.scope, result)
             self.plans[plan_key] = plan
         if plan is _UNSUPPORTED or not capture.storable:
             return result
         assert isinstance(plan, OrmPlan)
-        rows = plan.convert(capture.entry.rows)
-        entry = Entry(plan, rows, -1, rows_size(rows) + 200)  # type: ignore[arg-type]
+        rows, size, mutable = plan.convert(capture.entry.rows)
+        entry = Entry(plan, rows, -1, size + 200)  # type: ignore[arg-type]
         entry.stats = plan.qs
+        entry.mutable = mutable
         if entry.size <= memory.max_entry_bytes:
             ttl = opts.get("querycache_ttl") or self.cache.ttl
             # the DBAPI level read the versions before the database: the same

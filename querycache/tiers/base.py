@@ -16,7 +16,17 @@ class Entry:
     the per-fingerprint counters a hit increments.
     """
 
-    __slots__ = ("deps", "description", "expires", "key", "rowcount", "rows", "size", "stats")
+    __slots__ = (
+        "deps",
+        "description",
+        "expires",
+        "key",
+        "mutable",
+        "rowcount",
+        "rows",
+        "size",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -33,3 +43,31 @@ class Entry:
         self.deps: tuple[str, ...] = ()
         self.key: Any = None
         self.stats: Any = None
+        # rows hold dicts or lists (JSON, arrays): each hit gets its own copies
+        self.mutable = False
+
+
+def _copy(v: Any) -> Any:
+    t = type(v)
+    if t is dict:
+        return {k: _copy(x) for k, x in v.items()}
+    if t is list:
+        return [_copy(x) for x in v]
+    if t is tuple:
+        return tuple([_copy(x) for x in v])
+    return v
+
+
+def thaw(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows whose dicts and lists are fresh copies, safe to hand to a caller."""
+    return [_copy(row) for row in rows]
+
+
+def has_mutable(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether any value in ``rows`` is a dict or a list."""
+    for row in rows:
+        for v in row:
+            t = type(v)
+            if t is dict or t is list:
+                return True
+    return False

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from querycache.integration import io
-from querycache.tiers.base import Entry
+from querycache.tiers.base import Entry, has_mutable
 from querycache.tiers.codec import Codec, CodecError, UnsupportedType
 from querycache.tiers.sizing import rows_size
 
@@ -147,6 +147,7 @@ class RedisTier:
         if list(stored_tokens) != current:
             return None, tokens
         entry = Entry(description, rows, rowcount, rows_size(rows) + 200)
+        entry.mutable = has_mutable(rows)
         entry.expires = expires  # wall clock; the memory tier turns it into its own TTL
         return entry, tokens
 

@@ -12,7 +12,7 @@ import sys
 import uuid
 from typing import Any
 
-_getsizeof = sys.getsizeof
+getsizeof = _getsizeof = sys.getsizeof
 _SAMPLE = 64
 _FREE = (type(None), bool)
 

@@ -1,0 +1,238 @@
+"""What the database does behind a statement's back, read from its catalog.
+
+A statement's text names the tables it touches, but the database may touch
+more: a view reads its base tables, ``ON DELETE CASCADE`` writes the child
+table, a trigger writes whatever its body writes, and a function called from
+a ``SELECT`` may write. :func:`read_catalog` collects these once per engine
+(at ``wrap()`` for sync engines, on the first execution for async ones, and
+again after any DDL commits) with a raw DBAPI cursor, never through the
+cache:
+
+* ``views``: view → tables it reads (added to the reads of its readers);
+* ``cascades``: table → tables a write to it may also write (foreign-key
+  actions and trigger bodies, transitively);
+* ``writes_everything``: tables whose triggers write what we cannot tell;
+* ``writer_functions``: function name → tables it may write (``None``: any).
+
+Trigger and function bodies are read conservatively: any dynamic SQL means
+"may write anything". Materialized views are tables (changed by REFRESH).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Catalog", "read_catalog"]
+
+_DML = re.compile(
+    r"\b(?:insert\s+into|update|delete\s+from|truncate(?:\s+table)?|merge\s+into|copy)"
+    r"\s+(?:only\s+)?((?:\"[^\"]+\"|[a-z_][\w$]*)(?:\s*\.\s*(?:\"[^\"]+\"|[a-z_][\w$]*))?)",
+    re.IGNORECASE,
+)
+_DYNAMIC = re.compile(
+    r"\bexecute\b(?!\s+(?:procedure|function)\b)|\bcall\b|\bperform\b", re.IGNORECASE
+)
+
+_PG_VIEWS = """
+SELECT DISTINCT v.relname, t.relname
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+ AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+ AND d.refclassid = 'pg_catalog.pg_class'::regclass
+JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+JOIN pg_catalog.pg_namespace n ON n.oid = v.relnamespace
+WHERE v.relkind = 'v' AND t.oid <> v.oid
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+_PG_CASCADES = """
+SELECT p.relname, c.relname
+FROM pg_catalog.pg_constraint con
+JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+JOIN pg_catalog.pg_class p ON p.oid = con.confrelid
+WHERE con.contype = 'f'
+  AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
+"""
+_PG_TRIGGERS = """
+SELECT c.relname, l.lanname, p.prosrc
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE NOT t.tgisinternal
+"""
+_PG_RELATIONS = """
+SELECT c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+_PG_FUNCTIONS = """
+SELECT p.proname, l.lanname, p.prosrc, p.provolatile
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
+
+@dataclass
+class Catalog:
+    """Hidden reads and writes of one database."""
+
+    views: dict[str, set[str]] = field(default_factory=dict)
+    cascades: dict[str, set[str]] = field(default_factory=dict)
+    writes_everything: set[str] = field(default_factory=set)
+    writer_functions: dict[str, set[str] | None] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+    _function_pattern: re.Pattern[str] | None = None
+
+    def has_news(self, names: frozenset[str]) -> bool:
+        """True (once per name) when ``names`` holds a relation this catalog has
+        not seen: it was created since, by something querycache did not watch."""
+        new = names - self.known - self.missing
+        if not new:
+            return False
+        self.missing |= new
+        return True
+
+    def has_new_function(self, name: str) -> bool:
+        """Like :meth:`has_news`, for a function name."""
+        key = "function " + name
+        if name in self.functions or key in self.missing:
+            return False
+        self.missing.add(key)
+        return True
+
+    def expand_writes(self, tables: frozenset[str]) -> frozenset[str] | None:
+        """``tables`` plus what writing them may also write (None: anything)."""
+        out = set(tables)
+        todo = list(tables)
+        while todo:
+            t = todo.pop()
+            if t in self.writes_everything:
+                return None
+            for nxt in self.cascades.get(t, ()):
+                if nxt not in out:
+                    out.add(nxt)
+                    todo.append(nxt)
+        return frozenset(out)
+
+    def functions_written(self, sql: str) -> tuple[bool, frozenset[str] | None]:
+        """Whether ``sql`` calls a writing function, and what it may write."""
+        if not self.writer_functions:
+            return False, frozenset()
+        if self._function_pattern is None:
+            names = "|".join(re.escape(n) for n in sorted(self.writer_functions))
+            self._function_pattern = re.compile(rf"\b({names})\s*\(", re.IGNORECASE)
+        written: set[str] = set()
+        found = False
+        for name in self._function_pattern.findall(sql):
+            found = True
+            targets = self.writer_functions.get(name.lower())
+            if targets is None:
+                return True, None
+            written |= targets
+        return found, frozenset(written)
+
+
+def _name(raw: str) -> str:
+    return raw.rsplit(".", 1)[-1].strip().strip('"').lower()
+
+
+def body_writes(body: str) -> set[str] | None:
+    """Tables a plpgsql/SQL body writes, or None when it cannot be told."""
+    if _DYNAMIC.search(body):
+        return None
+    return {_name(m) for m in _DML.findall(body)}
+
+
+def _rows(dbapi_connection: Any, sql: str) -> list[tuple[Any, ...]]:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def read_catalog(dbapi_connection: Any, dialect_name: str, analyzer: Any) -> Catalog:
+    """Read views, cascades, triggers and writing functions of the database."""
+    if dialect_name == "postgresql":
+        return _postgres(dbapi_connection)
+    if dialect_name == "sqlite":
+        return _sqlite(dbapi_connection, analyzer)
+    return Catalog()
+
+
+def _postgres(conn: Any) -> Catalog:
+    cat = Catalog()
+    cat.known = {str(name).lower() for (name,) in _rows(conn, _PG_RELATIONS)}
+    for view, base in _rows(conn, _PG_VIEWS):
+        cat.views.setdefault(str(view).lower(), set()).add(str(base).lower())
+    for parent, child in _rows(conn, _PG_CASCADES):
+        cat.cascades.setdefault(str(parent).lower(), set()).add(str(child).lower())
+    for table, language, source in _rows(conn, _PG_TRIGGERS):
+        table = str(table).lower()
+        written = body_writes(source or "") if language in ("plpgsql", "sql") else None
+        if written is None:
+            cat.writes_everything.add(table)
+        elif written:
+            cat.cascades.setdefault(table, set()).update(written)
+    for name, language, source, volatility in _rows(conn, _PG_FUNCTIONS):
+        cat.functions.add(str(name).lower())
+        if volatility != "v":
+            continue  # STABLE and IMMUTABLE functions cannot write
+        written = body_writes(source or "") if language in ("plpgsql", "sql") else None
+        if written is None or written:
+            cat.writer_functions[str(name).lower()] = written
+    return cat
+
+
+_TRIGGER = re.compile(
+    r"\bon\s+((?:\"[^\"]+\"|\[[^\]]+\]|`[^`]+`|[\w$]+)(?:\s*\.\s*(?:\"[^\"]+\"|[\w$]+))?)"
+    r".*?\bbegin\b(.*)\bend\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _sqlite(conn: Any, analyzer: Any) -> Catalog:
+    cat = Catalog()
+    rows = _rows(conn, "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+    for kind, name, sql in rows:
+        name = str(name).lower()
+        if kind in ("table", "view"):
+            cat.known.add(name)
+        if kind == "view":
+            cat.views[name] = set(analyzer.analyze(sql, "sqlite").tables_read)
+        elif kind == "trigger":
+            m = _TRIGGER.search(sql)
+            if m is None:
+                continue
+            table = _name(m.group(1).strip("[]`"))
+            written: set[str] = set()
+            for statement in m.group(2).split(";"):
+                if not statement.strip():
+                    continue
+                w = analyzer.analyze(statement, "sqlite").tables_written
+                if not isinstance(w, frozenset):
+                    cat.writes_everything.add(table)
+                    break
+                written |= w
+            else:
+                if written:
+                    cat.cascades.setdefault(table, set()).update(written)
+        elif kind == "table":
+            for fk in _rows(conn, f'PRAGMA foreign_key_list("{name}")'):
+                parent, on_update, on_delete = str(fk[2]).lower(), fk[5], fk[6]
+                if {str(on_update).upper(), str(on_delete).upper()} & {
+                    "CASCADE",
+                    "SET NULL",
+                    "SET DEFAULT",
+                }:
+                    cat.cascades.setdefault(parent, set()).add(name)
+    return cat
