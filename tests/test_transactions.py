@@ -56,6 +56,9 @@ class Ctx:
         return self.cache.sessionmaker(bind=self.engine, **kw)()
 
 
+PG_DRIVERS = [d for d in DRIVERS if is_pg(d)]
+
+
 @pytest.fixture(params=DRIVERS)
 def driver(request) -> str:
     return request.param
@@ -342,9 +345,8 @@ def test_text_begin_read_is_not_stored_for_others(run):
 # -- PostgreSQL snapshots ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("driver", PG_DRIVERS)
 def test_repeatable_read_transactions_bypass(run, driver):
-    if not is_pg(driver):
-        pytest.skip("PostgreSQL isolation levels")
 
     def body(c: Ctx) -> None:
         assert c.read() == [("user1",)]
@@ -368,9 +370,8 @@ def test_repeatable_read_transactions_bypass(run, driver):
     run(body)
 
 
+@pytest.mark.parametrize("driver", PG_DRIVERS)
 def test_text_begin_repeatable_read_bypasses(run, driver):
-    if not is_pg(driver):
-        pytest.skip("PostgreSQL isolation levels")
 
     def body(c: Ctx) -> None:
         assert c.read() == [("user1",)]
@@ -415,9 +416,8 @@ def test_sessions_on_two_engines_of_one_cache(run, driver):
     run(body)
 
 
+@pytest.mark.parametrize("driver", PG_DRIVERS)
 def test_set_transaction_isolation_as_text_bypasses(run, driver):
-    if not is_pg(driver):
-        pytest.skip("PostgreSQL isolation levels")
 
     def body(c: Ctx) -> None:
         assert c.read() == [("user1",)]
@@ -432,10 +432,9 @@ def test_set_transaction_isolation_as_text_bypasses(run, driver):
     run(body)
 
 
+@pytest.mark.parametrize("driver", PG_DRIVERS)
 def test_database_default_repeatable_read_bypasses(driver, request, tmp_path):
     """RR set as the database's default (not through SQLAlchemy) is still RR."""
-    if not is_pg(driver):
-        pytest.skip("PostgreSQL isolation levels")
     url = db_url(driver, request, tmp_path)
     seed(url)
     admin = create_engine(url.replace("+asyncpg", "+psycopg"), isolation_level="AUTOCOMMIT")
