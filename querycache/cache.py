@@ -104,6 +104,7 @@ class QueryCache:
         redis_timeout: float = 0.05,
         lease_timeout: float = 2.0,
         compress_threshold: int = 2048,
+        hash_params: bool = True,
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -148,7 +149,9 @@ class QueryCache:
             self.lease_timeout = float(lease_timeout)
             clients = RedisClients(url=redis_url, client=redis, timeout=float(redis_timeout))
             codec = Codec(signing_key=signing_key, compress_threshold=compress_threshold)
-            self.redis = RedisTier(clients, self.namespace, codec, self.stats)
+            if not isinstance(hash_params, bool):
+                raise TypeError(f"hash_params must be True or False, got {hash_params!r}")
+            self.redis = RedisTier(clients, self.namespace, codec, self.stats, hash_params)
             # until the bus is subscribed, invalidations from other processes
             # could be missed: the memory tier starts suspended
             self.memory.suspend()

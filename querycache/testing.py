@@ -175,6 +175,8 @@ class RedisCluster:
         ]
         for node in self.nodes:
             node.extra["cluster-config-file"] = f"nodes-{node.port}.conf"
+            # the bus port defaults to port + 10000, which may not exist
+            node.extra["cluster-port"] = str(free_port())
 
     @property
     def url(self) -> str:
@@ -185,6 +187,13 @@ class RedisCluster:
         return [("127.0.0.1", n.port) for n in self.nodes]
 
     def start(self) -> Self:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ fails
+            raise
+
+    def _start(self) -> Self:
         for node in self.nodes:
             node.start()
         cli = _find_binary("redis-cli")

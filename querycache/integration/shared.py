@@ -15,7 +15,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from querycache.integration import io
-from querycache.keys import redis_key
 from querycache.tiers.base import Entry
 
 if TYPE_CHECKING:
@@ -31,7 +30,9 @@ def lookup_shared(binding: EngineBinding, ctx: Any, miss: Miss) -> Entry | None:
     if tier is None or not tier.usable:
         return None
     plan = miss.plan
-    rkey = redis_key(binding.core.namespace, binding.identity, ctx.statement, ctx.parameters[0])
+    if tier.distrusts(binding.scope, plan.tables):
+        return None  # another process could not invalidate these tables yet
+    rkey = tier.entry_key(binding.identity, ctx.statement, ctx.parameters[0], plan)
     vkeys = tier.version_keys(binding.scope, plan.tables)
     found = tier.lookup(rkey, vkeys, binding.is_async)
     if found is None:

@@ -129,15 +129,20 @@ class InvalidationBus:
                 raise TimeoutError("no PONG on the invalidation channel")
 
     def _handle(self, data: Any) -> None:
+        """``inv|hold <origin> <scope digest or *> <tables or *>``."""
         if isinstance(data, bytes):
             data = data.decode("utf-8", "replace")
-        parts = str(data).split(" ", 2)
-        if len(parts) != 3 or parts[0] == self.tier.origin:
+        parts = str(data).split(" ", 3)
+        if len(parts) != 4 or parts[0] not in ("inv", "hold"):
             return
-        self.messages += 1
-        _, sid, names = parts
+        kind, origin, sid, names = parts
         tables = None if names == "*" else frozenset(names.split(","))
         try:
+            if sid != "*":
+                self.tier.heard(kind, sid, tables)
+            if origin == self.tier.origin:
+                return  # applied here before it was sent
+            self.messages += 1
             self.on_message(sid, tables)
         except Exception as exc:  # never let one message kill the thread
             self.tier.stats.errors["bus message"] += 1

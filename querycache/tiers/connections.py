@@ -39,10 +39,7 @@ class RedisClients:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
-        self._given_async: Any = None
-        self._given_used = False
         self.cluster = False
-        self._own_sync = True
         if url is not None:
             if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
@@ -50,29 +47,25 @@ class RedisClients:
             self._recipe: dict[str, Any] = {}
             self.sync: Any = redis.Redis.from_url(url, **self._options())
             return
+        # a given client is a recipe: querycache talks through clients of its
+        # own, with short timeouts and no retries, and never closes yours
         self._url = None
         if isinstance(client, RedisCluster | AsyncRedisCluster):
             self.cluster = True
-            self._nodes = [(n.host, n.port) for n in client.get_nodes()]
-            self._recipe = _recipe(
-                client.get_nodes()[0].redis_connection.connection_pool
-                if isinstance(client, RedisCluster)
-                else None
+            manager = client.nodes_manager
+            nodes = list(manager.nodes_cache.values()) or list(manager.startup_nodes.values())
+            self._nodes = [(n.host, n.port) for n in nodes]
+            kw = dict(manager.connection_kwargs)
+            self._recipe = {k: kw[k] for k in ("username", "password", "ssl") if kw.get(k)}
+            self.sync = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                **self._recipe,
             )
-            if isinstance(client, RedisCluster):
-                self.sync, self._own_sync = client, False
-            else:
-                self._given_async = client
-                self.sync = RedisCluster(
-                    startup_nodes=[ClusterNode(h, p) for h, p in self._nodes], **self._options()
-                )
-        elif isinstance(client, aredis.Redis):
-            self._given_async = client
+        elif isinstance(client, aredis.Redis | redis.Redis):
             self._recipe = _recipe(client.connection_pool)
             self.sync = redis.Redis(**self._recipe, **self._options())
-        elif isinstance(client, redis.Redis):
-            self._recipe = _recipe(client.connection_pool)
-            self.sync, self._own_sync = client, False
         else:
             raise TypeError(
                 "redis must be a redis.Redis, redis.asyncio.Redis or RedisCluster client, "
@@ -100,9 +93,6 @@ class RedisClients:
         return client
 
     def _new_async(self) -> Any:
-        if self._given_async is not None and not self._given_used:
-            self._given_used = True
-            return self._given_async
         options = self._options()
         options["retry"] = ARetry(ANoBackoff(), 0)
         if self._url is not None:
@@ -112,6 +102,7 @@ class RedisClients:
                 startup_nodes=[AClusterNode(h, p) for h, p in self._nodes],
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
+                **self._recipe,
             )
         return aredis.Redis(**self._recipe, **options)
 
@@ -126,8 +117,7 @@ class RedisClients:
 
     def close(self) -> None:
         try:
-            if self._own_sync:
-                self.sync.close()
+            self.sync.close()
         except Exception:
             pass
 

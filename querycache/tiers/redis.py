@@ -29,10 +29,14 @@ import hashlib
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
+from redis import exceptions as redis_errors
+
 from querycache.integration import io
+from querycache.keys import redis_key, stable_repr
 from querycache.tiers.base import Entry, has_mutable
 from querycache.tiers.codec import Codec, CodecError, UnsupportedType
 from querycache.tiers.sizing import rows_size
@@ -54,8 +58,12 @@ def new_token() -> bytes:
 class RedisTier:
     """Entries and table versions in Redis, for sync and async engines."""
 
-    def __init__(self, clients: Any, namespace: str, codec: Codec, stats: Any) -> None:
+    def __init__(
+        self, clients: Any, namespace: str, codec: Codec, stats: Any, hash_params: bool = True
+    ) -> None:
         self.clients = clients
+        self.namespace = namespace
+        self.hash_params = hash_params
         self.codec = codec
         self.stats = stats
         self.prefix = f"qc:{{{namespace}}}:"
@@ -65,12 +73,14 @@ class RedisTier:
         self.healthy = True
         self._lock = threading.Lock()
         self.pending: dict[str, set[str] | None] = {}  # scope digest -> tables (None: all)
+        self.distrusted: dict[str, set[str] | None] = {}  # held by other processes
         self._vkeys: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._down_since: float | None = None
         self._down_reason = ""
         self.round_trips = 0
         self._pool: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._futures: set[Future[None]] = set()
 
     # -- keys -------------------------------------------------------------------
     def scope_id(self, scope: str) -> str:
@@ -87,22 +97,38 @@ class RedisTier:
             self._vkeys[(scope, tables)] = cached
         return cached
 
+    def entry_key(self, identity: str, statement: str, params: Any, plan: Any) -> str:
+        """The key of one execution's entry (see :func:`querycache.keys.redis_key`)."""
+        key = redis_key(self.namespace, identity, statement, params)
+        if self.hash_params:
+            return key
+        # readable keys for debugging: fingerprint and parameter values in clear
+        shown = stable_repr(params)[:200].replace(" ", "")
+        return f"{key}:{plan.analysis.fingerprint_id}:{shown}"
+
     def lease_key(self, rkey: str) -> str:
-        return self.prefix + "l:" + rkey.rsplit(":", 1)[-1]
+        return self.prefix + "l:" + rkey.split(":", 4)[3]
 
     # -- health -----------------------------------------------------------------
     @property
     def usable(self) -> bool:
         return self.healthy and not self.pending
 
-    def failed(self, exc: BaseException, where: str) -> None:
-        """A Redis call failed: stop using Redis until the bus finds it back."""
+    def failed(self, exc: BaseException, where: str, fatal: bool = False) -> None:
+        """A Redis call failed: stop using Redis until the bus finds it back.
+
+        A refusal by a live server (``ResponseError``: out of memory,
+        read-only) of a store or a lease is only counted: those are harmless
+        misses. Refused invalidations (``fatal``) and lost connections are not.
+        """
+        self.stats.errors[f"redis {where}"] += 1
+        if not fatal and isinstance(exc, redis_errors.ResponseError):
+            return
         with self._lock:
             if self.healthy:
                 self.healthy = False
                 self._down_since = time.time()
                 self._down_reason = f"{where}: {type(exc).__name__}"
-        self.stats.errors[f"redis {where}"] += 1
 
     def recovered(self) -> None:
         with self._lock:
@@ -228,7 +254,9 @@ class RedisTier:
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
         else:
-            self._executor().submit(self._background, cmds)
+            future = self._executor().submit(self._background, cmds)
+            self._futures.add(future)
+            future.add_done_callback(self._futures.discard)
 
     def _background(self, cmds: Cmds) -> None:
         try:
@@ -253,9 +281,8 @@ class RedisTier:
         return self._pool
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait for background stores (tests and shutdown)."""
-        if self._pool is not None:
-            self._pool.submit(lambda: None).result(timeout)
+        """Wait for the background stores submitted so far (sync engines)."""
+        futures_wait(list(self._futures), timeout)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -273,39 +300,94 @@ class RedisTier:
     def bump(self, scope: str, tables: frozenset[str] | None, is_async: bool | None) -> bool:
         """Replace the tokens of ``tables`` (None: the scope epoch) and publish.
 
-        ``is_async=None`` runs on the sync client (background thread). On
-        failure the bump stays pending: this process stops reading Redis until
-        the bus applies it.
+        The token writes and the message go in one ``MULTI``: a server that
+        refuses the writes (out of memory, read-only) sends no "invalidated"
+        message that would let other processes read the old entries again.
+        On failure the bump stays pending here (this process stops reading
+        Redis until the bus applies it) and a "hold" message asks the other
+        processes to stop trusting Redis for these tables meanwhile.
         """
         sid = self.scope_id(scope)
-        base = f"{self.prefix}v:{sid}:"
         names = ["*"] if tables is None else sorted(tables)
-        cmds: Cmds = [("set", (base + t, new_token()), {}) for t in names]
-        message = self.origin + " " + sid + " " + ("*" if tables is None else ",".join(names))
-        cmds.append(("publish", (self.channel, message), {}))
         try:
-            self._pipeline(bool(is_async), cmds)
+            self._replace_tokens(sid, names, bool(is_async))
         except Exception as exc:
             with self._lock:
                 if tables is None or self.pending.get(sid, set()) is None:
                     self.pending[sid] = None
                 else:
                     self.pending.setdefault(sid, set()).update(tables)  # type: ignore[union-attr]
-            self.failed(exc, "invalidate")
+            self.failed(exc, "invalidate", fatal=True)
+            self._hold(sid, names, bool(is_async))
             return False
         return True
 
+    def _replace_tokens(self, sid: str, names: list[str], is_async: bool) -> None:
+        base = f"{self.prefix}v:{sid}:"
+        cmds: Cmds = [("set", (base + t, new_token()), {}) for t in names]
+        message = ("inv", (self.channel, self._message("inv", sid, names)), {})
+        if self.clients.cluster:
+            # a cluster pipeline takes no PUBLISH: tokens first, then the news
+            for result in self._pipeline(is_async, cmds, raise_on_error=False):
+                if isinstance(result, Exception):
+                    raise result
+            self._call(is_async, "publish", *message[1])
+        else:
+            self._pipeline(is_async, [*cmds, ("publish", message[1], {})], transaction=True)
+
+    def _message(self, kind: str, sid: str, names: list[str]) -> str:
+        return f"{kind} {self.origin} {sid} {','.join(names)}"
+
+    def _hold(self, sid: str, names: list[str], is_async: bool) -> None:
+        """Best effort: remove the old tokens and tell the others to hold off."""
+        base = f"{self.prefix}v:{sid}:"
+        try:
+            self._pipeline(is_async, [("delete", tuple(base + t for t in names), {})])
+        except Exception:
+            pass
+        try:
+            self._call(is_async, "publish", self.channel, self._message("hold", sid, names))
+        except Exception:
+            pass
+
+    # -- what other processes said ------------------------------------------------
+    def distrusts(self, scope: str, tables: tuple[str, ...]) -> bool:
+        """Whether a failed invalidation elsewhere makes Redis unsafe for these tables."""
+        if not self.distrusted:
+            return False
+        held = self.distrusted.get(self.scope_id(scope), False)
+        if held is False:
+            return False
+        return held is None or not held.isdisjoint(tables)  # type: ignore[union-attr]
+
+    def heard(self, kind: str, sid: str, tables: frozenset[str] | None) -> None:
+        """Record a "hold" (distrust) or an "inv" (tokens replaced: trust again)."""
+        with self._lock:
+            if kind == "hold":
+                old = self.distrusted.get(sid, set())
+                self.distrusted[sid] = (
+                    None if tables is None or old is None else old | tables  # type: ignore[operator]
+                )
+                return
+            if sid not in self.distrusted:
+                return
+            old = self.distrusted[sid]
+            if tables is None or old is None:
+                if tables is None:
+                    del self.distrusted[sid]
+                return
+            rest = old - tables
+            if rest:
+                self.distrusted[sid] = rest
+            else:
+                del self.distrusted[sid]
+
     def bump_generation(self, is_async: bool | None) -> bool:
         try:
-            self._pipeline(
-                bool(is_async),
-                [
-                    ("set", (self.gen_key, new_token()), {}),
-                    ("publish", (self.channel, self.origin + " * *"), {}),
-                ],
-            )
+            self._pipeline(bool(is_async), [("set", (self.gen_key, new_token()), {})])
+            self._call(bool(is_async), "publish", self.channel, f"inv {self.origin} * *")
         except Exception as exc:
-            self.failed(exc, "clear")
+            self.failed(exc, "clear", fatal=True)
             return False
         return True
 
@@ -315,11 +397,9 @@ class RedisTier:
             pending, self.pending = self.pending, {}
         ok = True
         for sid, tables in pending.items():
-            base = f"{self.prefix}v:{sid}:"
             names = ["*"] if tables is None else sorted(tables)
-            cmds = [("set", (base + t, new_token()), {}) for t in names]
             try:
-                self._pipeline(False, cmds)
+                self._replace_tokens(sid, names, False)
             except Exception:
                 ok = False
                 with self._lock:
@@ -334,18 +414,23 @@ class RedisTier:
             return io.run(getattr(self.clients.async_client(), name)(*args, **kw))
         return getattr(self.clients.sync, name)(*args, **kw)
 
-    def _pipeline(self, is_async: bool, cmds: Cmds) -> list[Any]:
+    def _pipeline(
+        self, is_async: bool, cmds: Cmds, transaction: bool = False, raise_on_error: bool = True
+    ) -> list[Any]:
         self.round_trips += 1
         if is_async:
-            return io.run(_run_async_pipeline(self.clients.async_client(), cmds))
-        pipe = self.clients.sync.pipeline(transaction=False)
+            client = self.clients.async_client()
+            return io.run(_run_async_pipeline(client, cmds, transaction, raise_on_error))
+        pipe = self.clients.sync.pipeline(transaction=transaction)
         for name, args, kw in cmds:
             getattr(pipe, name)(*args, **kw)
-        return pipe.execute()
+        return pipe.execute(raise_on_error=raise_on_error)
 
 
-async def _run_async_pipeline(client: Any, cmds: Cmds) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
+async def _run_async_pipeline(
+    client: Any, cmds: Cmds, transaction: bool = False, raise_on_error: bool = True
+) -> list[Any]:
+    pipe = client.pipeline(transaction=transaction)
     for name, args, kw in cmds:
         getattr(pipe, name)(*args, **kw)
-    return await pipe.execute()
+    return await pipe.execute(raise_on_error=raise_on_error)
