@@ -80,6 +80,18 @@ class QueryCache:
     :param never_cache_tables: tables whose reads are never cached.
     :param view_dependencies: view name → base tables it reads, so that
         writes to the base tables invalidate readers of the view.
+    :param redis_url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL of the
+        shared tier; without it (and without ``redis``) the cache is memory only.
+    :param redis: a ready ``redis.Redis``, ``redis.asyncio.Redis`` or
+        ``RedisCluster`` client, used as a recipe for querycache's own clients.
+    :param signing_key: authenticate Redis values with HMAC-SHA256.
+    :param redis_timeout: seconds any Redis call may take before the cache
+        carries on without Redis.
+    :param lease_timeout: how long a process waits for another process that
+        is fetching the same missing entry.
+    :param compress_threshold: Redis values larger than this are compressed.
+    :param hash_params: Redis keys are digests (default); ``False`` appends the
+        fingerprint id and parameter values in clear, for debugging.
     :param discover_views: read hidden dependencies from each database's
         catalog when an engine is wrapped (and after DDL): views, foreign-key
         cascades, triggers, functions that write (PostgreSQL and SQLite).
