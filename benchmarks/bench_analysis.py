@@ -106,7 +106,10 @@ def _run_worker(pure: bool, rounds: int) -> dict[str, Any]:
     env = dict(os.environ, **{_PURE_ENV: "1" if pure else "0"})
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_analysis", "--worker", "--rounds", str(rounds)],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -186,18 +189,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     memo = memo_costs()
 
-    print(f"querycache analysis benchmark: {compiled['statements']} corpus statements, "
-          f"median of {args.rounds} runs each")
+    print(
+        f"querycache analysis benchmark: {compiled['statements']} corpus statements, "
+        f"median of {args.rounds} runs each"
+    )
     print(f"machine: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
     print()
-    print(f"{'first analysis (memo off)':<34}{'median µs':>11}{'p99 µs':>10}{'max µs':>10}"
-          f"  parser module")
-    for label, r in (("sqlglot + sqlglotc (compiled)", compiled),
-                     ("sqlglot pure Python", pure)):
-        print(f"{label:<34}{r['median_us']:>11.0f}{r['p99_us']:>10.0f}{r['max_us']:>10.0f}"
-              f"  {r['parser_file']}")
-    print(f"{'speed-up from sqlglotc':<34}{pure['median_us'] / compiled['median_us']:>10.1f}x"
-          f"{pure['p99_us'] / compiled['p99_us']:>9.1f}x")
+    print(
+        f"{'first analysis (memo off)':<34}{'median µs':>11}{'p99 µs':>10}{'max µs':>10}"
+        f"  parser module"
+    )
+    for label, r in (("sqlglot + sqlglotc (compiled)", compiled), ("sqlglot pure Python", pure)):
+        print(
+            f"{label:<34}{r['median_us']:>11.0f}{r['p99_us']:>10.0f}{r['max_us']:>10.0f}"
+            f"  {r['parser_file']}"
+        )
+    print(
+        f"{'speed-up from sqlglotc':<34}{pure['median_us'] / compiled['median_us']:>10.1f}x"
+        f"{pure['p99_us'] / compiled['p99_us']:>9.1f}x"
+    )
     print()
     print(f"{'memoized repeat':<34}{'µs/call':>11}")
     for label, us in memo.items():

@@ -28,8 +28,18 @@ import msgpack
 
 from querycache.tiers.codec import Codec
 
-COLUMNS = [("id", 23), ("customer", 25), ("email", 25), ("total", 1700), ("created_at", 1184),
-           ("ref", 2950), ("paid", 16), ("note", 25), ("meta", 3802), ("qty", 23)]
+COLUMNS = [
+    ("id", 23),
+    ("customer", 25),
+    ("email", 25),
+    ("total", 1700),
+    ("created_at", 1184),
+    ("ref", 2950),
+    ("paid", 16),
+    ("note", 25),
+    ("meta", 3802),
+    ("qty", 23),
+]
 
 
 def make_result(nrows: int, seed: int = 1) -> tuple[Any, list[tuple[Any, ...]]]:
@@ -83,8 +93,10 @@ def variants(value: Any) -> dict[str, tuple[Callable[[], bytes], Callable[[bytes
     key = b"k" * 32
     out: dict[str, tuple[Callable[[], bytes], Callable[[bytes], object]]] = {
         "pickle": (lambda: pickle.dumps(value, protocol=5), pickle.loads),
-        "pickle+zlib": (lambda: zlib.compress(pickle.dumps(value, protocol=5), 1),
-                        lambda b: pickle.loads(zlib.decompress(b))),
+        "pickle+zlib": (
+            lambda: zlib.compress(pickle.dumps(value, protocol=5), 1),
+            lambda b: pickle.loads(zlib.decompress(b)),
+        ),
     }
     for name, codec in {
         "codec": Codec(compress_level=0),
@@ -102,8 +114,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     print(f"Python {platform.python_version()}, msgpack {msgpack.version}, {cpu_model()}")
-    print(f"{'variant':<17}{'rows':>5}{'enc us':>9}{'dec us':>9}{'enc/100r':>10}{'dec/100r':>10}"
-          f"{'bytes':>8}{'enc/pickle':>11}{'dec/pickle':>11}")
+    print(
+        f"{'variant':<17}{'rows':>5}{'enc us':>9}{'dec us':>9}{'enc/100r':>10}{'dec/100r':>10}"
+        f"{'bytes':>8}{'enc/pickle':>11}{'dec/pickle':>11}"
+    )
     for nrows in args.rows:
         value = make_result(nrows)
         pairs = variants(value)
@@ -111,14 +125,17 @@ def main() -> None:
         for name, (_, dec) in pairs.items():
             assert dec(blobs[name]) == value, name
         enc_t = measure({name: enc for name, (enc, _) in pairs.items()}, args.repeat)
-        dec_t = measure({name: partial(dec, blobs[name]) for name, (_, dec) in pairs.items()},
-                        args.repeat)
+        dec_t = measure(
+            {name: partial(dec, blobs[name]) for name, (_, dec) in pairs.items()}, args.repeat
+        )
         for name in pairs:
             enc_us, dec_us = enc_t[name] * 1e6, dec_t[name] * 1e6
-            print(f"{name:<17}{nrows:>5}{enc_us:>9.1f}{dec_us:>9.1f}"
-                  f"{enc_us * 100 / nrows:>10.1f}{dec_us * 100 / nrows:>10.1f}"
-                  f"{len(blobs[name]):>8}{enc_t[name] / enc_t['pickle']:>11.2f}"
-                  f"{dec_t[name] / dec_t['pickle']:>11.2f}")
+            print(
+                f"{name:<17}{nrows:>5}{enc_us:>9.1f}{dec_us:>9.1f}"
+                f"{enc_us * 100 / nrows:>10.1f}{dec_us * 100 / nrows:>10.1f}"
+                f"{len(blobs[name]):>8}{enc_t[name] / enc_t['pickle']:>11.2f}"
+                f"{dec_t[name] / dec_t['pickle']:>11.2f}"
+            )
     print("us = microseconds per call, /100r = per 100 rows; best of --repeat interleaved runs")
 
 

@@ -44,12 +44,16 @@ _MAX_PLANS = 20_000
 class Plan:
     """Everything derived once per distinct SQL string."""
 
-    __slots__ = ("analysis", "stats", "tables")
+    __slots__ = ("analysis", "checked", "description", "stats", "tables")
 
     def __init__(self, analysis: Analysis, stats: QueryStats) -> None:
         self.analysis = analysis
         self.tables: tuple[str, ...] = tuple(sorted(analysis.tables_read))
         self.stats = stats
+        #: ``(signature, description)`` of the last result, shared by entries
+        self.description: tuple[Any, Any] | None = None
+        #: the catalog this statement's relations were last found in
+        self.checked: Any = None
 
 
 class QueryCache:

@@ -21,20 +21,31 @@ __all__ = ["Flight", "Flights"]
 
 
 class Flight:
-    """One in-progress execution of a key."""
+    """One in-progress execution of a key.
+
+    The leader alone never needs a :class:`threading.Event`: one is made only
+    when a thread starts waiting, under the registry lock, so a miss nobody
+    waits for costs no synchronisation objects.
+    """
 
     __slots__ = ("_async_waiters", "_done", "entry", "event", "snapshot")
 
     def __init__(self, snapshot: Any) -> None:
         self.snapshot = snapshot
         self.entry: Any = None
-        self.event = threading.Event()
+        self.event: threading.Event | None = None
         self._done = False
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def wait(self, timeout: float) -> bool:
         """Block this thread until the leader finishes; False on timeout."""
-        return self.event.wait(timeout)
+        with _registry_lock:
+            if self._done:
+                return True
+            event = self.event
+            if event is None:
+                event = self.event = threading.Event()
+        return event.wait(timeout)
 
     async def wait_async(self, timeout: float) -> bool:
         """Suspend this task until the leader finishes; False on timeout."""
@@ -81,8 +92,12 @@ class Flights:
                 del self._flights[key]
             flight.entry = entry
             flight._done = True
-            waiters, flight._async_waiters = flight._async_waiters, []
-        flight.event.set()
+            event = flight.event
+            waiters = flight._async_waiters
+            if waiters:
+                flight._async_waiters = []
+        if event is not None:
+            event.set()
         for loop, fut in waiters:
             try:
                 loop.call_soon_threadsafe(_resolve, fut)

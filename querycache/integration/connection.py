@@ -36,14 +36,15 @@ _MAX_ALIASES = 50_000
 
 def _alias_key(compiled: Any, parameters: Any, extracted: Any, options: Any) -> Any:
     params = parameters[0] if parameters else None
-    values = [b.effective_value for b in extracted] if extracted else []
+    values = [b.effective_value for b in extracted] if extracted else None
+    stm = options.get("schema_translate_map")
     return (
         compiled,
-        tuple(params.items()) if params else (),
-        tuple([type(v) for v in params.values()]) if params else (),
-        tuple(values),
-        tuple([type(v) for v in values]),
-        options.get("schema_translate_map") and tuple(options["schema_translate_map"].items()),
+        tuple(params.items()) if params else None,
+        tuple([type(v) for v in params.values()]) if params else None,
+        tuple(values) if values else None,
+        tuple([type(v) for v in values]) if values else None,
+        tuple(stm.items()) if stm else None,
     )
 
 

@@ -34,8 +34,8 @@ from querycache.integration.drivers import in_transaction
 from querycache.integration.shared import release_lease
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import stable_repr
-from querycache.tiers.base import Entry, has_mutable, thaw
-from querycache.tiers.sizing import rows_size
+from querycache.tiers.base import Entry, thaw
+from querycache.tiers.sizing import measure
 
 if TYPE_CHECKING:
     from querycache.integration.engine import EngineBinding
@@ -216,7 +216,7 @@ class CachingContext:
         if rows and type(rows[0]) is not tuple:
             rows = [tuple(r) for r in rows]
         if type(description) is not tuple or (description and type(description[0]) is not tuple):
-            description = tuple(tuple(d) for d in description)
+            description = plain_description(miss.plan, description)
         self.cursor = ReplayCursor(description, rows, rowcount)
         try:
             cursor.close()
@@ -250,6 +250,19 @@ def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
     return key
 
 
+def plain_description(plan: Any, raw: Any) -> tuple[tuple[Any, ...], ...]:
+    """``raw`` (a driver's description, e.g. psycopg's ``Column`` objects) as
+    plain tuples; converted once per statement and shape, then shared by every
+    entry of that statement."""
+    signature = tuple([(d[0], d[1]) for d in raw])
+    known = plan.description
+    if known is not None and known[0] == signature:
+        return known[1]  # type: ignore[no-any-return]
+    description = tuple(tuple(d) for d in raw)
+    plan.description = (signature, description)
+    return description
+
+
 def record_write(info: dict[str, Any], tables: Any) -> None:
     """Mark ``tables`` (or ``ALL``) pending on this connection."""
     state = state_of(info)
@@ -274,7 +287,7 @@ def make_context_class(base: type, binding: EngineBinding) -> type:
 
 def entry_for(description: Any, rows: list[tuple[Any, ...]], rowcount: int) -> Entry:
     """A new :class:`Entry` with its size measured."""
-    size = rows_size(rows) + 64 * len(description) + 200
-    entry = Entry(description, rows, rowcount, size)
-    entry.mutable = has_mutable(rows)
+    size, mutable = measure(rows)
+    entry = Entry(description, rows, rowcount, size + 64 * len(description) + 200)
+    entry.mutable = mutable
     return entry

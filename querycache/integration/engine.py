@@ -131,16 +131,20 @@ class EngineBinding:
         if opts:
             self.check_options(opts)
         core = self.core
-        self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
+        if not self.fast_ok:
+            self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
         if self.catalog_pending:
             core.discover(self, ctx._dbapi_connection)
         plan = core.plan(ctx.statement, self.dialect_name)
         analysis = plan.analysis
         catalog = core.catalogs.get(self.scope)
-        if catalog is not None and catalog.has_news(_relations(analysis)):
-            core.discover(self, ctx._dbapi_connection)  # created behind our back
-            plan = core.plan(ctx.statement, self.dialect_name)
-            analysis = plan.analysis
+        if catalog is not None and plan.checked is not catalog:
+            if catalog.has_news(_relations(analysis)):
+                core.discover(self, ctx._dbapi_connection)  # created behind our back
+                plan = core.plan(ctx.statement, self.dialect_name)
+                analysis = plan.analysis
+            else:
+                plan.checked = catalog  # a catalog's known names only grow
         info = ctx._dbapi_connection.info
         if analysis.kind != "read" or ctx.executemany:
             self._before_other(ctx, plan, info)
@@ -161,7 +165,11 @@ class EngineBinding:
         if opts.get("querycache", True) is False:
             qs.bypasses["disabled by execution option"] += 1
             return
-        if self.check_isolation and self.isolation_of(opts) in SNAPSHOT_LEVELS:
+        if (
+            self.check_isolation
+            and (not self.fast_ok or "isolation_level" in opts)
+            and self.isolation_of(opts) in SNAPSHOT_LEVELS
+        ):
             qs.bypasses["snapshot isolation"] += 1
             return
         state = info.get(STATE_KEY)
@@ -170,9 +178,11 @@ class EngineBinding:
             if reason is not None:
                 qs.bypasses[reason] += 1
                 return
-        if key is None:
+        if key is None:  # else the hit path looked it up a moment ago
             key = key_for(self, ctx.statement, ctx.parameters[0])
-        entry = self.memory.get(key)
+            entry = self.memory.get(key)
+        else:
+            entry = None
         if entry is not None:
             ctx._qc_serve(entry)
             ctx._qc_key = key
@@ -308,7 +318,6 @@ class EngineBinding:
             )
             if stored:
                 qs.stores += 1
-                ctx._qc_key = miss.key
                 ctx._qc_key = miss.key
             else:
                 qs.not_stored["invalidated while reading"] += 1

@@ -80,6 +80,7 @@ class OrmPlan:
 
     __slots__ = (
         "attributes",
+        "columns_only",
         "key_set",
         "metadata",
         "processors",
@@ -108,6 +109,8 @@ class OrmPlan:
         self.scope = scope
         self.qs = qs
         self.key_set = [frozenset(s.attr_keys) if isinstance(s, _Entity) else None for s in slots]
+        #: no entities: an entry's rows are the result's rows as they are
+        self.columns_only = all(type(s) is int for s in slots)
 
     def convert(self, raw_rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int, bool]:
         """Entry rows, the bytes they add (values shared with the raw rows are
@@ -362,6 +365,8 @@ class OrmFastPath:
     # -- building objects -----------------------------------------------------------
     @staticmethod
     def _materialize(session: Session, plan: OrmPlan, rows: list[tuple[Any, ...]]) -> list[Any]:
+        if plan.columns_only:
+            return rows
         identity_map = session.identity_map
         session_id = session.hash_key
         slots = plan.slots

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Entry"]
+__all__ = ["Entry", "thaw"]
 
 
 class Entry:
@@ -61,13 +61,3 @@ def _copy(v: Any) -> Any:
 def thaw(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Rows whose dicts and lists are fresh copies, safe to hand to a caller."""
     return [_copy(row) for row in rows]
-
-
-def has_mutable(rows: list[tuple[Any, ...]]) -> bool:
-    """Whether any value in ``rows`` is a dict or a list."""
-    for row in rows:
-        for v in row:
-            t = type(v)
-            if t is dict or t is list:
-                return True
-    return False

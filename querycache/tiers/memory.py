@@ -32,6 +32,7 @@ class MemoryTier:
         self.lock = threading.RLock()
         self._data: OrderedDict[Any, Entry] = OrderedDict()
         self._index: dict[tuple[str, str], set[Any]] = {}
+        self._deps: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = {}
         self.bytes = 0
         self.evictions = 0
         self.expirations = 0
@@ -75,7 +76,11 @@ class MemoryTier:
         size = entry.size
         if size > self.max_entry_bytes or size > self.max_bytes:
             return False
-        deps = ((scope, EPOCH), *[(scope, t) for t in tables])
+        deps = self._deps.get((scope, tables))
+        if deps is None:
+            if len(self._deps) >= 10_000:
+                self._deps.clear()
+            deps = self._deps[scope, tables] = ((scope, EPOCH), *[(scope, t) for t in tables])
         with self.lock:
             if self.suspended or self.versions.capture(scope, tables) != snapshot:
                 return False

@@ -37,9 +37,9 @@ from redis import exceptions as redis_errors
 
 from querycache.integration import io
 from querycache.keys import redis_key, stable_repr
-from querycache.tiers.base import Entry, has_mutable
+from querycache.tiers.base import Entry
 from querycache.tiers.codec import Codec, CodecError, UnsupportedType
-from querycache.tiers.sizing import rows_size
+from querycache.tiers.sizing import measure
 
 __all__ = ["RedisTier"]
 
@@ -172,8 +172,9 @@ class RedisTier:
             return None, tokens
         if list(stored_tokens) != current:
             return None, tokens
-        entry = Entry(description, rows, rowcount, rows_size(rows) + 200)
-        entry.mutable = has_mutable(rows)
+        size, mutable = measure(rows)
+        entry = Entry(description, rows, rowcount, size + 200)
+        entry.mutable = mutable
         entry.expires = expires  # wall clock; the memory tier turns it into its own TTL
         return entry, tokens
 

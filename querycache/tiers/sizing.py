@@ -35,6 +35,33 @@ def value_size(v: Any) -> int:
     return _getsizeof(v)
 
 
+def measure(rows: list[tuple[Any, ...]]) -> tuple[int, bool]:
+    """``(rows_size(rows), whether any value is a dict or a list)``, in one
+    pass over small results."""
+    if len(rows) > _SAMPLE:
+        return rows_size(rows), has_mutable(rows)
+    part = _getsizeof(rows)
+    mutable = False
+    for row in rows:
+        part += _getsizeof(row)
+        for v in row:
+            t = type(v)
+            if t is dict or t is list:
+                mutable = True
+            part += value_size(v)
+    return part, mutable
+
+
+def has_mutable(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether any value in ``rows`` is a dict or a list."""
+    for row in rows:
+        for v in row:
+            t = type(v)
+            if t is dict or t is list:
+                return True
+    return False
+
+
 def rows_size(rows: list[tuple[Any, ...]]) -> int:
     """Bytes held by a list of row tuples (sampled above 64 rows)."""
     n = len(rows)
