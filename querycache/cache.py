@@ -159,14 +159,16 @@ class QueryCache:
         self.catalogs: dict[str, Catalog] = {}
         self.redis: RedisTier | None = None
         self.bus: InvalidationBus | None = None
+        # the Redis settings are checked with or without Redis: a mistake
+        # should not wait for the day a URL is added
+        number("redis_timeout", redis_timeout)
+        number("lease_timeout", lease_timeout, allow_zero=True)
+        if not isinstance(hash_params, bool):
+            raise TypeError(f"hash_params must be True or False, got {hash_params!r}")
+        codec = Codec(signing_key=signing_key, compress_threshold=compress_threshold)
+        self.lease_timeout = float(lease_timeout)
         if redis_url is not None or redis is not None:
-            number("redis_timeout", redis_timeout)
-            number("lease_timeout", lease_timeout, allow_zero=True)
-            self.lease_timeout = float(lease_timeout)
             clients = RedisClients(url=redis_url, client=redis, timeout=float(redis_timeout))
-            codec = Codec(signing_key=signing_key, compress_threshold=compress_threshold)
-            if not isinstance(hash_params, bool):
-                raise TypeError(f"hash_params must be True or False, got {hash_params!r}")
             self.redis = RedisTier(clients, self.namespace, codec, self.stats, hash_params)
             # until the bus is subscribed, invalidations from other processes
             # could be missed: the memory tier starts suspended
