@@ -407,3 +407,23 @@ def test_cache_session_on_a_connection_with_search_path(pg):
         with maker(bind=conn) as s:
             assert [n.v for n in s.scalars(select(Note))] == ["from sb"]
         conn.rollback()
+
+
+def test_entries_of_one_statement_share_one_plain_description(pg):
+    """psycopg describes columns with ``Column`` objects: they are converted to
+    plain tuples once per statement and shared by its entries; another
+    statement gets its own."""
+    cache, engine = pg["cache"], pg["engine"]
+    stmt = text("SELECT id, name FROM qc_users WHERE id = :id")
+    with engine.connect() as conn:
+        rows = [conn.execute(stmt, {"id": i}).one() for i in (1, 2, 1)]
+    assert rows[0] == rows[2]
+    entries = [e for k, e in cache.memory._data.items() if "qc_users WHERE id" in str(k)]
+    assert len(entries) == 2
+    first, second = entries
+    assert first.description is second.description
+    assert all(type(d) is tuple and len(d) == 7 for d in first.description)
+    assert [d[0] for d in first.description] == ["id", "name"]
+    with engine.connect() as conn:
+        described = conn.execute(text("SELECT name, id FROM qc_users WHERE id = 3")).cursor
+        assert [d[0] for d in described.description] == ["name", "id"]

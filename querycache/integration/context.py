@@ -216,7 +216,7 @@ class CachingContext:
         if rows and type(rows[0]) is not tuple:
             rows = [tuple(r) for r in rows]
         if type(description) is not tuple or (description and type(description[0]) is not tuple):
-            description = plain_description(miss.plan, description)
+            description = plain_description(miss.plan, self._qc.ident, description)
         self.cursor = ReplayCursor(description, rows, rowcount)
         try:
             cursor.close()
@@ -250,11 +250,11 @@ def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
     return key
 
 
-def plain_description(plan: Any, raw: Any) -> tuple[tuple[Any, ...], ...]:
+def plain_description(plan: Any, ident: int, raw: Any) -> tuple[tuple[Any, ...], ...]:
     """``raw`` (a driver's description, e.g. psycopg's ``Column`` objects) as
-    plain tuples; converted once per statement and shape, then shared by every
-    entry of that statement."""
-    signature = tuple([(d[0], d[1]) for d in raw])
+    plain tuples; converted once per statement, engine and shape, then shared
+    by every entry of that statement."""
+    signature = (ident, *[(d[0], d[1]) for d in raw])
     known = plan.description
     if known is not None and known[0] == signature:
         return known[1]  # type: ignore[no-any-return]
