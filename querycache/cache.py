@@ -362,6 +362,7 @@ class QueryCache:
             catalog.missing = old.missing - catalog.known
         self.catalogs[binding.scope] = catalog
         self.add_views(catalog.views)
+        self.add_never_cache(catalog.uncacheable)
 
     def add_views(self, views: Mapping[str, Iterable[str]]) -> None:
         if not views:
@@ -370,6 +371,16 @@ class QueryCache:
             for view, bases in views.items():
                 self._views.setdefault(view, set()).update(bases)
             self.analyzer.set_view_dependencies({k: sorted(v) for k, v in self._views.items()})
+            self._plans.clear()
+
+    def add_never_cache(self, relations: Iterable[str]) -> None:
+        """Relations whose reads must never be cached (sequences, views over
+        volatile functions), found in a catalog; added to the user's list."""
+        with self._lock:
+            known = self.analyzer.never_cache_tables
+            if not set(relations) - known:
+                return
+            self.analyzer.set_never_cache_tables(known | set(relations))
             self._plans.clear()
 
     def _expand_views(self, tables: frozenset[str]) -> frozenset[str]:

@@ -6,34 +6,79 @@ Two identities come out of an engine's URL:
 
 * the **result identity** — the URL without its password, driver included,
   because drivers return different raw rows for the same query (psycopg
-  decodes JSON, asyncpg does not);
+  decodes JSON, asyncpg does not), plus a digest of any ``connect_args``
+  (a ``search_path`` given there changes what a query returns);
 * the **scope** — backend, host, port and database, without driver or user:
   every engine on one database shares one scope, so a write through any of
   them invalidates what all of them cached.
 
 The memory tier keys on a tuple (cheap to build, no hashing of the text
 twice); the shared tier on a digest of the same parts, which keeps parameter
-values and statement text out of Redis key names.
+values and statement text out of Redis key names. Parameters of a type in
+:data:`LOSSY` enter a key in their :func:`exact` form.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import os
 import socket
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.engine import URL
 
-__all__ = ["param_key", "redis_key", "result_identity", "scope_of"]
+__all__ = [
+    "LOSSY",
+    "connection_settings",
+    "exact",
+    "exact_params",
+    "redis_key",
+    "result_identity",
+    "scope_of",
+]
 
 
-def result_identity(url: URL, engine_id: int) -> str:
-    """The URL with no password; in-memory SQLite databases are per engine."""
+def result_identity(url: URL, engine_id: int, settings: str = "") -> str:
+    """The URL with no password, plus ``settings`` (see :func:`connection_settings`);
+    in-memory SQLite databases are per engine."""
     if _is_private_sqlite(url):
         return f"{url.drivername}:memory:{engine_id}"
-    return url.set(password=None).render_as_string(hide_password=False)
+    identity = url.set(password=None).render_as_string(hide_password=False)
+    return f"{identity}#{settings}" if settings else identity
+
+
+def connection_settings(engine: Any) -> str:
+    """A digest of what the engine's connections get beyond its URL (``connect_args``:
+    a ``search_path``, a role, session options...), or ``""`` when nothing.
+
+    Two engines on one URL whose connections differ must not share results. The
+    digest is one-way (a password given in ``connect_args`` never shows) and the
+    same in every process for the same settings. An engine built with its own
+    ``creator`` cannot be inspected: its results are private to it.
+    """
+    creator = getattr(engine.pool, "_creator", None)
+    code = getattr(creator, "__code__", None)
+    if code is None or "cparams" not in code.co_freevars:
+        return f"creator-{id(creator):x}"
+    cells = dict(zip(code.co_freevars, creator.__closure__ or (), strict=False))
+    cparams = dict(cells["cparams"].cell_contents)
+    cargs = tuple(cells["cargs_tup"].cell_contents) if "cargs_tup" in cells else ()
+    url_args, url_params = engine.dialect.create_connect_args(engine.url)
+    extra = {k: v for k, v in cparams.items() if k not in url_params or not _same(url_params[k], v)}
+    if not extra and cargs == tuple(url_args):
+        return ""
+    text = repr((sorted((k, repr(v)) for k, v in extra.items()), [repr(a) for a in cargs]))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:
+        return False
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
@@ -89,17 +134,37 @@ def _is_private_sqlite(url: URL) -> bool:
     )
 
 
-def param_key(params: Any) -> tuple[Any, ...]:
-    """A type-exact form of one execution's DBAPI parameters.
+#: Types whose equal values the database may still tell apart: ``-0.0`` and
+#: ``0.0``, ``Decimal("1.0")`` and ``Decimal("1.00")``, one instant in two time
+#: zones; and containers, whose ``==`` ignores the types of their items.
+LOSSY = frozenset({float, Decimal, dt.datetime, dt.time, list, tuple, dict})
 
-    ``1``, ``1.0``, ``True`` and ``Decimal(1)`` are equal in Python but may not
-    be for the database, so each value's type is part of the key. The result
-    is unhashable when a value is (lists, dicts); callers that hash it fall
-    back to :func:`stable_repr` on ``TypeError``.
-    """
+
+def exact(v: Any) -> Any:
+    """A hashable form of ``v``, equal only for values the database cannot tell apart."""
+    t = type(v)
+    if t is float:
+        return (t, v.hex())
+    if t is Decimal:
+        return (t, str(v))
+    if t is dt.datetime or t is dt.time:
+        return (t, v.isoformat(), v.fold, str(v.tzinfo))
+    if t is list or t is tuple:
+        return (t, tuple([exact(x) for x in v]))
+    if t is dict:
+        return (t, tuple(sorted(((repr(k), exact(x)) for k, x in v.items()), key=_first)))
+    return (t, v)
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
+
+
+def exact_params(params: Any) -> tuple[Any, ...]:
+    """:func:`exact` of every parameter (names kept for a dict)."""
     if type(params) is dict:
-        return (tuple(params.items()), tuple([type(v) for v in params.values()]))
-    return (params, tuple([type(v) for v in params]))
+        return tuple([(k, exact(v)) for k, v in params.items()])
+    return tuple([exact(v) for v in params])
 
 
 def stable_repr(params: Any) -> str:

@@ -199,6 +199,13 @@ class Analyzer:
         self._settings = Settings(s.volatile, s.immutable, s.never_cache, _views(view_dependencies))
         self._memo.cache_clear()
 
+    def set_never_cache_tables(self, never_cache_tables: Iterable[str]) -> None:
+        """Replace ``never_cache_tables`` (validated like the constructor's) and clear the memo."""
+        s = self._settings
+        names = _names("never_cache_tables", never_cache_tables)
+        self._settings = Settings(s.volatile, s.immutable, names, s.views)
+        self._memo.cache_clear()
+
     def clear(self) -> None:
         """Forget every memoized analysis."""
         self._memo.cache_clear()

@@ -12,7 +12,15 @@ cache:
 * ``cascades``: table → tables a write to it may also write (foreign-key
   actions and trigger bodies, transitively);
 * ``writes_everything``: tables whose triggers write what we cannot tell;
-* ``writer_functions``: function name → tables it may write (``None``: any).
+* ``writer_functions``: function name → tables it may write (``None``: any);
+* ``uncacheable``: relations whose reads are never cached: sequences, and
+  views whose definition would not be cacheable as a query of its own (a
+  volatile or unknown function hides inside).
+
+On PostgreSQL, table inheritance and partitions count as cascades both ways
+(a parent's scan reads its children; a write to the parent may land in a
+child), and so do rules: a rule's action may write any relation it names,
+and a rule that calls a volatile function may write anything.
 
 Trigger and function bodies are read conservatively: any dynamic SQL means
 "may write anything". Materialized views are tables (changed by REFRESH).
@@ -64,10 +72,42 @@ JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE NOT t.tgisinternal
 """
 _PG_RELATIONS = """
-SELECT c.relname FROM pg_catalog.pg_class c
+SELECT c.relname, c.relkind FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+_PG_INHERITS = """
+SELECT p.relname, c.relname
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+"""
+_PG_RULE_TARGETS = """
+SELECT DISTINCT c.relname, t.relname
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+ AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+ AND d.refclassid = 'pg_catalog.pg_class'::regclass
+JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+WHERE r.ev_type <> '1' AND t.oid <> c.oid
+"""
+_PG_RULE_FUNCTIONS = """
+SELECT DISTINCT c.relname
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+ AND d.classid = 'pg_catalog.pg_rewrite'::regclass
+ AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+WHERE r.ev_type <> '1' AND p.provolatile = 'v'
+"""
+_PG_VIEW_DEFINITIONS = """
+SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 _PG_FUNCTIONS = """
 SELECT p.proname, l.lanname, p.prosrc, p.provolatile
@@ -86,6 +126,7 @@ class Catalog:
     cascades: dict[str, set[str]] = field(default_factory=dict)
     writes_everything: set[str] = field(default_factory=set)
     writer_functions: dict[str, set[str] | None] = field(default_factory=dict)
+    uncacheable: set[str] = field(default_factory=set)
     known: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
@@ -163,19 +204,33 @@ def _rows(dbapi_connection: Any, sql: str) -> list[tuple[Any, ...]]:
 def read_catalog(dbapi_connection: Any, dialect_name: str, analyzer: Any) -> Catalog:
     """Read views, cascades, triggers and writing functions of the database."""
     if dialect_name == "postgresql":
-        return _postgres(dbapi_connection)
+        return _postgres(dbapi_connection, analyzer)
     if dialect_name == "sqlite":
         return _sqlite(dbapi_connection, analyzer)
     return Catalog()
 
 
-def _postgres(conn: Any) -> Catalog:
+def _postgres(conn: Any, analyzer: Any) -> Catalog:
     cat = Catalog()
-    cat.known = {str(name).lower() for (name,) in _rows(conn, _PG_RELATIONS)}
+    for name, kind in _rows(conn, _PG_RELATIONS):
+        cat.known.add(str(name).lower())
+        if kind == "S":  # a sequence changes behind every nextval()
+            cat.uncacheable.add(str(name).lower())
     for view, base in _rows(conn, _PG_VIEWS):
         cat.views.setdefault(str(view).lower(), set()).add(str(base).lower())
+    for view, definition in _rows(conn, _PG_VIEW_DEFINITIONS):
+        if not analyzer.analyze(str(definition or ""), "postgresql").cacheable:
+            cat.uncacheable.add(str(view).lower())
     for parent, child in _rows(conn, _PG_CASCADES):
         cat.cascades.setdefault(str(parent).lower(), set()).add(str(child).lower())
+    for parent, child in _rows(conn, _PG_INHERITS):
+        parent, child = str(parent).lower(), str(child).lower()
+        cat.cascades.setdefault(parent, set()).add(child)
+        cat.cascades.setdefault(child, set()).add(parent)
+    for table, target in _rows(conn, _PG_RULE_TARGETS):
+        cat.cascades.setdefault(str(table).lower(), set()).add(str(target).lower())
+    for (table,) in _rows(conn, _PG_RULE_FUNCTIONS):
+        cat.writes_everything.add(str(table).lower())
     for table, language, source in _rows(conn, _PG_TRIGGERS):
         table = str(table).lower()
         written = body_writes(source or "") if language in ("plpgsql", "sql") else None
@@ -200,6 +255,9 @@ _TRIGGER = re.compile(
 )
 
 
+_VIEW_BODY = re.compile(r"\bas\s+((?:select|with|values)\b.*)$", re.IGNORECASE | re.DOTALL)
+
+
 def _sqlite(conn: Any, analyzer: Any) -> Catalog:
     cat = Catalog()
     rows = _rows(conn, "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
@@ -209,6 +267,9 @@ def _sqlite(conn: Any, analyzer: Any) -> Catalog:
             cat.known.add(name)
         if kind == "view":
             cat.views[name] = set(analyzer.analyze(sql, "sqlite").tables_read)
+            body = _VIEW_BODY.search(sql)
+            if body is None or not analyzer.analyze(body.group(1), "sqlite").cacheable:
+                cat.uncacheable.add(name)
         elif kind == "trigger":
             m = _TRIGGER.search(sql)
             if m is None:

@@ -23,6 +23,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 
 from querycache.integration.cursor import ReplayCursor
 from querycache.invalidation.transactions import STATE_KEY
+from querycache.keys import LOSSY
 from querycache.tiers.base import thaw
 
 if TYPE_CHECKING:
@@ -35,15 +36,22 @@ _MAX_ALIASES = 50_000
 
 
 def _alias_key(compiled: Any, parameters: Any, extracted: Any, options: Any) -> Any:
+    """The alias of one execution, or None when a value's type may hide a
+    difference (see :data:`querycache.keys.LOSSY`): those take the normal path,
+    which keys on exact DBAPI values."""
     params = parameters[0] if parameters else None
+    ptypes = tuple([type(v) for v in params.values()]) if params else None
     values = [b.effective_value for b in extracted] if extracted else None
+    vtypes = tuple([type(v) for v in values]) if values else None
+    if (ptypes and not LOSSY.isdisjoint(ptypes)) or (vtypes and not LOSSY.isdisjoint(vtypes)):
+        return None
     stm = options.get("schema_translate_map")
     return (
         compiled,
         tuple(params.items()) if params else None,
-        tuple([type(v) for v in params.values()]) if params else None,
+        ptypes,
         tuple(values) if values else None,
-        tuple([type(v) for v in values]) if values else None,
+        vtypes,
         tuple(stm.items()) if stm else None,
     )
 
@@ -71,7 +79,7 @@ class CachingConnection(Connection):
             binding = self._qc
             try:
                 akey = _alias_key(statement, parameters, args[3], execution_options)
-                key = binding.aliases.get(akey)
+                key = binding.aliases.get(akey) if akey is not None else None
             except TypeError:  # unhashable parameter values
                 akey = key = None
             if key is not None:

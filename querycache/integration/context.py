@@ -33,7 +33,7 @@ from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
 from querycache.integration.shared import release_lease
 from querycache.invalidation.transactions import STATE_KEY, state_of
-from querycache.keys import stable_repr
+from querycache.keys import LOSSY, exact_params, stable_repr
 from querycache.tiers.base import Entry, thaw
 from querycache.tiers.sizing import measure
 
@@ -127,19 +127,15 @@ class CachingContext:
                 # The hit path: no analysis, no logging, one dict lookup.
                 params = self.parameters[0]  # type: ignore[attr-defined]
                 if type(params) is dict:
-                    key = (
-                        binding.ident,
-                        self.statement,  # type: ignore[attr-defined]
-                        tuple(params.items()),
-                        tuple([type(v) for v in params.values()]),
-                    )
+                    types = tuple([type(v) for v in params.values()])
+                    values = tuple(params.items())
                 else:
-                    key = (
-                        binding.ident,
-                        self.statement,  # type: ignore[attr-defined]
-                        params,
-                        tuple([type(v) for v in params]),
-                    )
+                    types = tuple([type(v) for v in params])
+                    values = params
+                if LOSSY.isdisjoint(types):
+                    key = (binding.ident, self.statement, values, types)  # type: ignore[attr-defined]
+                else:
+                    key = (binding.ident, self.statement, exact_params(params))  # type: ignore[attr-defined]
                 try:
                     entry = binding.memory.get(key)
                 except Exception as exc:
@@ -233,16 +229,18 @@ class CachingContext:
 
 
 def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
-    """The memory-tier key of one execution (hashable)."""
+    """The memory-tier key of one execution (hashable); the hit path in
+    :meth:`CachingContext.pre_exec` builds the same one inline."""
     if type(params) is dict:
-        key = (
-            binding.ident,
-            statement,
-            tuple(params.items()),
-            tuple([type(v) for v in params.values()]),
-        )
+        types = tuple([type(v) for v in params.values()])
+        values = tuple(params.items())
     else:
-        key = (binding.ident, statement, params, tuple([type(v) for v in params]))
+        types = tuple([type(v) for v in params])
+        values = params
+    if LOSSY.isdisjoint(types):
+        key = (binding.ident, statement, values, types)
+    else:
+        key = (binding.ident, statement, exact_params(params))
     try:
         hash(key)
     except TypeError:

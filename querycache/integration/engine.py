@@ -37,7 +37,7 @@ from querycache.integration.drivers import in_transaction
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
 from querycache.invalidation.transactions import STATE_KEY, state_of
-from querycache.keys import result_identity, scope_of
+from querycache.keys import connection_settings, result_identity, scope_of
 from querycache.tiers.base import Entry
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class EngineBinding:
         self.analyzer = core.analyzer
         self.engine_ref = id(engine)
         self.ident = ident
-        self.identity = result_identity(url, id(engine))
+        self.identity = self.identity_of(engine)
         self.scope = scope_of(url, id(engine))
         dialect = engine.dialect
         self.dialect_name = dialect.name
@@ -83,7 +83,7 @@ class EngineBinding:
     @staticmethod
     def identity_of(engine: Engine) -> str:
         """The result identity ``engine`` would get (see :mod:`querycache.keys`)."""
-        return result_identity(engine.url, id(engine))
+        return result_identity(engine.url, id(engine), connection_settings(engine))
 
     # -- options ------------------------------------------------------------
     def plain_options(self, opts: Mapping[str, Any]) -> bool:

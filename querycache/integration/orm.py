@@ -32,6 +32,7 @@ from sqlalchemy.orm.attributes import instance_dict, instance_state
 from sqlalchemy.orm.context import _MapperEntity, _ORMColumnEntity, _RawColumnEntity
 
 from querycache.invalidation.transactions import STATE_KEY
+from querycache.keys import exact
 from querycache.tiers.base import Entry, thaw
 from querycache.tiers.sizing import getsizeof, value_size
 
@@ -218,15 +219,6 @@ def _plan_for(
     return OrmPlan(slots, processors, result, tables, scope, qs)
 
 
-def _hashable(v: Any) -> Any:
-    t = type(v)
-    if t is list or t is tuple:
-        return (t, tuple([_hashable(x) for x in v]))
-    if t is dict:
-        return (t, tuple(sorted((k, _hashable(x)) for k, x in v.items())))
-    return (t, v)
-
-
 class OrmFastPath:
     """The ``do_orm_execute`` hook of one cache."""
 
@@ -286,8 +278,8 @@ class OrmFastPath:
                 "orm",
                 binding.ident,
                 ck.key,
-                tuple([_hashable(b.effective_value) for b in ck.bindparams]),
-                tuple(sorted((k, _hashable(v)) for k, v in params.items())) if params else (),
+                tuple([exact(b.effective_value) for b in ck.bindparams]),
+                tuple(sorted((k, exact(v)) for k, v in params.items())) if params else (),
             )
             hash(key)
         except TypeError:
@@ -301,14 +293,18 @@ class OrmFastPath:
             result = IteratorResult(plan.metadata, iter(self._materialize(session, plan, rows)))
             result._attributes = plan.attributes
             return result
-        known = self.plans.get(ck.key)
-        if known is _UNSUPPORTED:
+        # plans hold an engine's scope and result processors: one per engine
+        plan_key = (binding.ident, ck.key)
+        if self.plans.get(plan_key) is _UNSUPPORTED:
             return None
-        return self._miss(state, key, ck.key, binding, opts)
+        return self._miss(state, key, plan_key, binding, opts)
 
     def _binding_for(self, session: Session, state: Any) -> EngineBinding | None:
         """The binding this statement would run on, if nothing rules a hit out."""
-        bind = session.bind if not session.binds else session.get_bind(**state.bind_arguments)
+        arguments = state.bind_arguments
+        bind = arguments.get("bind")
+        if bind is None:
+            bind = session.bind if not session.binds else session.get_bind(**arguments)
         binding = self.cache._bindings.get(id(getattr(bind, "dialect", None)))
         if binding is None or not binding.fast_ok:
             return None
