@@ -273,19 +273,17 @@ class OrmFastPath:
         if ck is None:
             return None
         params = state.parameters
+        key = (
+            "orm",
+            binding.ident,
+            ck.key,
+            tuple([exact(b.effective_value) for b in ck.bindparams]),
+            tuple(sorted((k, exact(v)) for k, v in params.items())) if params else (),
+        )
         try:
-            key = (
-                "orm",
-                binding.ident,
-                ck.key,
-                tuple([exact(b.effective_value) for b in ck.bindparams]),
-                tuple(sorted((k, exact(v)) for k, v in params.items())) if params else (),
-            )
-            hash(key)
-        except TypeError:
+            entry = self.cache.memory.get(key)  # hashes ck.key: once per execution
+        except TypeError:  # an unhashable value
             return None
-        memory = self.cache.memory
-        entry = memory.get(key)
         if entry is not None:
             plan: OrmPlan = entry.description  # the plan rides in the description slot
             plan.qs.memory_hits += 1
