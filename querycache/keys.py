@@ -21,10 +21,14 @@ values and statement text out of Redis key names. Parameters of a type in
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import hashlib
+import ipaddress
 import os
 import socket
+import uuid
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +36,8 @@ from sqlalchemy.engine import URL
 
 __all__ = [
     "LOSSY",
+    "TRUSTED",
+    "Opaque",
     "connection_settings",
     "exact",
     "exact_params",
@@ -134,15 +140,28 @@ def _is_private_sqlite(url: URL) -> bool:
     )
 
 
+#: Types whose ``==`` is exact (equal values mean the same to any database)
+#: and whose ``repr`` is complete: they enter keys as they are.
+TRUSTED = frozenset({type(None), bool, int, str, bytes, uuid.UUID, dt.date, dt.timedelta})
+
 #: Types whose equal values the database may still tell apart: ``-0.0`` and
 #: ``0.0``, ``Decimal("1.0")`` and ``Decimal("1.00")``, one instant in two time
-#: zones; and containers, whose ``==`` ignores the types of their items.
+#: zones; and containers, whose ``==`` ignores the types of their items. They
+#: enter keys in their :func:`exact` form.
 LOSSY = frozenset({float, Decimal, dt.datetime, dt.time, list, tuple, dict})
 
 
+class Opaque(TypeError):
+    """A parameter of a type querycache cannot key exactly: the execution bypasses."""
+
+
 def exact(v: Any) -> Any:
-    """A hashable form of ``v``, equal only for values the database cannot tell apart."""
+    """A hashable form of ``v``, equal only for values the database cannot tell
+    apart, with a complete ``repr`` (the Redis key digests it). Raises
+    :class:`Opaque` for a type it does not know."""
     t = type(v)
+    if t in TRUSTED:
+        return (t, v)
     if t is float:
         return (t, v.hex())
     if t is Decimal:
@@ -152,30 +171,74 @@ def exact(v: Any) -> Any:
     if t is list or t is tuple:
         return (t, tuple([exact(x) for x in v]))
     if t is dict:
-        return (t, tuple(sorted(((repr(k), exact(x)) for k, x in v.items()), key=_first)))
-    return (t, v)
+        return (t, tuple(sorted(((repr(exact(k)), exact(x)) for k, x in v.items()), key=_first)))
+    if t is bytearray or t is memoryview:
+        return (t, bytes(v))
+    if isinstance(v, enum.Enum):
+        return (t, v.name, exact(v.value))
+    if t in _ADDRESSES:
+        return (t, str(v))
+    wrapped = _WRAPPERS.get(f"{t.__module__}.{t.__qualname__}")
+    if wrapped is not None:
+        return (t, *[exact(part) for part in wrapped(v)])
+    raise Opaque(f"parameter of type {t.__module__}.{t.__qualname__}")
 
 
 def _first(item: tuple[str, Any]) -> str:
     return item[0]
 
 
+_ADDRESSES = frozenset(
+    {
+        ipaddress.IPv4Address,
+        ipaddress.IPv6Address,
+        ipaddress.IPv4Network,
+        ipaddress.IPv6Network,
+        ipaddress.IPv4Interface,
+        ipaddress.IPv6Interface,
+    }
+)
+
+
+def _range(v: Any) -> tuple[Any, ...]:
+    return (
+        v.lower,
+        v.upper,
+        str(getattr(v, "bounds", "")),
+        bool(getattr(v, "lower_inc", False)),
+        bool(getattr(v, "upper_inc", False)),
+        bool(getattr(v, "empty", False) or getattr(v, "isempty", False)),
+    )
+
+
+#: Driver wrappers keyed by what they hold (their ``repr`` may be shortened).
+_WRAPPERS: dict[str, Any] = {
+    "psycopg.types.json.Json": lambda v: (v.obj,),
+    "psycopg.types.json.Jsonb": lambda v: (v.obj,),
+    "psycopg.types.range.Range": _range,
+    "sqlalchemy.dialects.postgresql.ranges.Range": _range,
+    "asyncpg.types.Range": _range,
+}
+
+
 def exact_params(params: Any) -> tuple[Any, ...]:
-    """:func:`exact` of every parameter (names kept for a dict)."""
-    if type(params) is dict:
+    """:func:`exact` of every parameter (names kept for a dict); raises
+    :class:`Opaque` when one cannot be keyed."""
+    if isinstance(params, Mapping):
         return tuple([(k, exact(v)) for k, v in params.items()])
     return tuple([exact(v) for v in params])
 
 
 def stable_repr(params: Any) -> str:
-    """A deterministic text form of parameters, for unhashable values."""
+    """A readable text form of parameters (for display: ``hash_params=False``)."""
     if isinstance(params, dict):
         return repr(sorted((k, type(v).__name__, v) for k, v in params.items()))
     return repr([(type(v).__name__, v) for v in params])
 
 
 def redis_key(namespace: str, identity: str, statement: str, params: Any) -> str:
-    """The shared-tier key: a digest of everything that selects the result.
+    """The shared-tier key: a digest of everything that selects the result
+    (parameters in their :func:`exact` form; raises :class:`Opaque`).
 
     The namespace is a Redis Cluster hash tag so that an entry and the table
     versions it is checked against live in one slot.
@@ -185,5 +248,5 @@ def redis_key(namespace: str, identity: str, statement: str, params: Any) -> str
     h.update(b"\0")
     h.update(statement.encode("utf-8", "surrogatepass"))
     h.update(b"\0")
-    h.update(stable_repr(params).encode("utf-8", "surrogatepass"))
+    h.update(repr(exact_params(params)).encode("utf-8", "surrogatepass"))
     return f"qc:{{{namespace}}}:r:{h.hexdigest()}"

@@ -252,3 +252,102 @@ def test_postgres_hidden_dependencies(pg_url):
         cache.close()
         engine.dispose()
         plain.dispose()
+
+
+# -- parameter types without a complete repr or an exact == ---------------------------------
+
+
+def test_exact_knows_driver_wrappers_and_refuses_the_unknown():
+    from psycopg.types.json import Jsonb
+    from sqlalchemy.dialects.postgresql import Range
+
+    from querycache.keys import Opaque
+
+    long_a = {"user": "alice", "roles": ["admin", "x"], "n": 1}
+    long_b = {"user": "alice", "roles": ["admin", "y"], "n": 2}
+    assert repr(Jsonb(long_a)) == repr(Jsonb(long_b))  # psycopg shortens it
+    assert exact(Jsonb(long_a)) != exact(Jsonb(long_b))
+    assert Range(Decimal("1.0"), Decimal("2")) == Range(Decimal("1.00"), Decimal("2"))
+    assert exact(Range(Decimal("1.0"), Decimal("2"))) != exact(Range(Decimal("1.00"), Decimal("2")))
+    assert exact(memoryview(b"ab")) == exact(memoryview(b"ab")) != exact(memoryview(b"ac"))
+    with pytest.raises(Opaque):
+        exact(object())
+    with pytest.raises(Opaque):
+        exact({1, 2})
+
+
+def test_jsonb_parameters_get_their_own_redis_entries(pg_url, redis_server):
+    from psycopg.types.json import Jsonb
+
+    stmt = text("SELECT CAST(:p AS jsonb) ->> 'n'")
+    a, b = QueryCache(redis_url=redis_server.url), QueryCache(redis_url=redis_server.url)
+    ea, eb = a.wrap(create_engine(pg_url)), b.wrap(create_engine(pg_url))
+    try:
+        p1 = Jsonb({"user": "alice", "roles": ["admin", "x"], "n": 1})
+        p2 = Jsonb({"user": "alice", "roles": ["admin", "y"], "n": 2})
+        assert _rows(ea, stmt, {"p": p1}) == [("1",)]
+        a.redis.flush()
+        assert _rows(eb, stmt, {"p": p2}) == [("2",)]  # not a's entry
+        assert _rows(eb, stmt, {"p": p1}) == [("1",)]
+    finally:
+        for c in (a, b):
+            c.close()
+        ea.dispose()
+        eb.dispose()
+
+
+def test_postgres_ranges_of_decimals_are_keyed_exactly(pg_url):
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects.postgresql import NUMRANGE, Range
+
+    cache = QueryCache()
+    engine = cache.wrap(create_engine(pg_url))
+    plain = create_engine(pg_url)
+    stmt = text("SELECT CAST(:r AS numrange)::text").bindparams(bindparam("r", type_=NUMRANGE))
+    try:
+        for _ in range(2):
+            for scale in ("1.0", "1.00", "1.000"):
+                r = Range(Decimal(scale), Decimal(scale) + 1)
+                assert _rows(engine, stmt, {"r": r}) == _rows(plain, stmt, {"r": r})
+        with engine.connect() as conn:  # a type with no exact key: runs, uncached
+            assert conn.exec_driver_sql("SELECT %s::text", (text_subclass(),)).all() == [
+                ("10.0.0.1",)
+            ]
+        bypasses = cache.report().as_dict()["totals"]["bypasses"]
+        assert bypasses >= 1
+    finally:
+        cache.close()
+        engine.dispose()
+        plain.dispose()
+
+
+class _Adaptable(str):
+    """A str subclass: psycopg sends it as text, querycache cannot key it exactly."""
+
+
+def text_subclass() -> _Adaptable:
+    return _Adaptable("10.0.0.1")
+
+
+def test_a_row_the_caller_never_fetches_cannot_fail_the_query(pg_url):
+    """psycopg converts rows as they are fetched: ``.first()`` of a result whose
+    second row cannot be converted works uncached, so it works cached."""
+    plain = create_engine(pg_url)
+    with plain.begin() as conn:
+        conn.execute(text("CREATE TABLE ev (id int, d date)"))
+        conn.execute(text("INSERT INTO ev VALUES (1, '2020-01-01'), (2, '0001-01-01 BC')"))
+    cache = QueryCache()
+    engine = cache.wrap(create_engine(pg_url))
+    stmt = text("SELECT id, d FROM ev ORDER BY id")
+    try:
+        for _ in range(2):
+            with engine.connect() as conn:
+                assert conn.execute(stmt).first() == (1, dt.date(2020, 1, 1))
+        with engine.connect() as conn, pytest.raises(Exception) as caught:
+            conn.execute(stmt).all()
+        with plain.connect() as conn, pytest.raises(type(caught.value)):
+            conn.execute(stmt).all()
+    finally:
+        cache.close()
+        engine.dispose()
+        plain.dispose()

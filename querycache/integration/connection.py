@@ -23,7 +23,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 
 from querycache.integration.cursor import ReplayCursor
 from querycache.invalidation.transactions import STATE_KEY
-from querycache.keys import LOSSY
+from querycache.keys import TRUSTED
 from querycache.tiers.base import thaw
 
 if TYPE_CHECKING:
@@ -36,14 +36,14 @@ _MAX_ALIASES = 50_000
 
 
 def _alias_key(compiled: Any, parameters: Any, extracted: Any, options: Any) -> Any:
-    """The alias of one execution, or None when a value's type may hide a
-    difference (see :data:`querycache.keys.LOSSY`): those take the normal path,
-    which keys on exact DBAPI values."""
+    """The alias of one execution, or None unless every value's type is
+    :data:`~querycache.keys.TRUSTED`: the others take the normal path, which
+    keys on exact forms of the DBAPI values."""
     params = parameters[0] if parameters else None
     ptypes = tuple([type(v) for v in params.values()]) if params else None
     values = [b.effective_value for b in extracted] if extracted else None
     vtypes = tuple([type(v) for v in values]) if values else None
-    if (ptypes and not LOSSY.isdisjoint(ptypes)) or (vtypes and not LOSSY.isdisjoint(vtypes)):
+    if (ptypes and not TRUSTED.issuperset(ptypes)) or (vtypes and not TRUSTED.issuperset(vtypes)):
         return None
     stm = options.get("schema_translate_map")
     return (

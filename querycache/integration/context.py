@@ -33,7 +33,7 @@ from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
 from querycache.integration.shared import release_lease
 from querycache.invalidation.transactions import STATE_KEY, state_of
-from querycache.keys import LOSSY, exact_params, stable_repr
+from querycache.keys import TRUSTED, Opaque, exact_params
 from querycache.tiers.base import Entry, thaw
 from querycache.tiers.sizing import measure
 
@@ -126,20 +126,24 @@ class CachingContext:
             ):
                 # The hit path: no analysis, no logging, one dict lookup.
                 params = self.parameters[0]  # type: ignore[attr-defined]
-                if type(params) is dict:
+                t = type(params)
+                if t is dict:
                     types = tuple([type(v) for v in params.values()])
                     values = tuple(params.items())
-                else:
+                elif t is tuple:
                     types = tuple([type(v) for v in params])
                     values = params
-                if LOSSY.isdisjoint(types):
-                    key = (binding.ident, self.statement, values, types)  # type: ignore[attr-defined]
-                else:
-                    key = (binding.ident, self.statement, exact_params(params))  # type: ignore[attr-defined]
+                else:  # another mapping or sequence: key_for() normalises it
+                    types = (Opaque,)
+                    values = None
                 try:
+                    if TRUSTED.issuperset(types):
+                        key = (binding.ident, self.statement, values, types)  # type: ignore[attr-defined]
+                    else:
+                        key = (binding.ident, self.statement, exact_params(params))  # type: ignore[attr-defined]
                     entry = binding.memory.get(key)
                 except Exception as exc:
-                    if not isinstance(exc, TypeError):  # TypeError: unhashable values
+                    if not isinstance(exc, TypeError):  # TypeError: Opaque, unhashable
                         binding.core.failed("memory lookup", exc)
                     key = entry = None
                 if entry is not None:
@@ -203,8 +207,20 @@ class CachingContext:
                 return
             rows = cursor.fetchall()
             rowcount = cursor.rowcount
-        except BaseException:
+        except Exception:
+            if _fetch_can_resume(cursor):
+                # psycopg converts rows as they are fetched and keeps its place
+                # when one fails: SQLAlchemy gets the live cursor, uncached, so a
+                # row that cannot be converted fails only if the caller fetches it
+                self._qc_miss = miss
+                self._qc_abandon()
+                miss.qs.not_stored["a row failed to load"] += 1
+                return
             # a database error while fetching: it reaches the caller unchanged
+            if miss.flight is not None:
+                self._qc.core.flights.land(miss.key, miss.flight, None)
+            raise
+        except BaseException:
             if miss.flight is not None:
                 self._qc.core.flights.land(miss.key, miss.flight, None)
             raise
@@ -228,24 +244,28 @@ class CachingContext:
                 self._qc.core.flights.land(miss.key, miss.flight, None)
 
 
+def _fetch_can_resume(cursor: Any) -> bool:
+    """Whether a failed ``fetchall()`` left ``cursor`` where it was (psycopg 3)."""
+    return type(cursor).__module__.startswith("psycopg") and hasattr(cursor, "_pos")
+
+
 def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
-    """The memory-tier key of one execution (hashable); the hit path in
-    :meth:`CachingContext.pre_exec` builds the same one inline."""
-    if type(params) is dict:
+    """The memory-tier key of one execution, or None when a parameter cannot be
+    keyed exactly (:class:`~querycache.keys.Opaque`); the hit path in
+    :meth:`CachingContext.pre_exec` builds the same key inline."""
+    t = type(params)
+    if t is dict:
         types = tuple([type(v) for v in params.values()])
-        values = tuple(params.items())
-    else:
+        if TRUSTED.issuperset(types):
+            return (binding.ident, statement, tuple(params.items()), types)
+    elif t is tuple:
         types = tuple([type(v) for v in params])
-        values = params
-    if LOSSY.isdisjoint(types):
-        key = (binding.ident, statement, values, types)
-    else:
-        key = (binding.ident, statement, exact_params(params))
+        if TRUSTED.issuperset(types):
+            return (binding.ident, statement, params, types)
     try:
-        hash(key)
-    except TypeError:
-        return (binding.ident, statement, stable_repr(params))
-    return key
+        return (binding.ident, statement, exact_params(params))
+    except Opaque:
+        return None
 
 
 def plain_description(plan: Any, ident: int, raw: Any) -> tuple[tuple[Any, ...], ...]:

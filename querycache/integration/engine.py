@@ -180,6 +180,9 @@ class EngineBinding:
                 return
         if key is None:  # else the hit path looked it up a moment ago
             key = key_for(self, ctx.statement, ctx.parameters[0])
+            if key is None:
+                qs.bypasses["parameter of a type without an exact key"] += 1
+                return
             entry = self.memory.get(key)
         else:
             entry = None

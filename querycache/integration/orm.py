@@ -273,16 +273,16 @@ class OrmFastPath:
         if ck is None:
             return None
         params = state.parameters
-        key = (
-            "orm",
-            binding.ident,
-            ck.key,
-            tuple([exact(b.effective_value) for b in ck.bindparams]),
-            tuple(sorted((k, exact(v)) for k, v in params.items())) if params else (),
-        )
         try:
+            key = (
+                "orm",
+                binding.ident,
+                ck.key,
+                tuple([exact(b.effective_value) for b in ck.bindparams]),
+                tuple(sorted((k, exact(v)) for k, v in params.items())) if params else (),
+            )
             entry = self.cache.memory.get(key)  # hashes ck.key: once per execution
-        except TypeError:  # an unhashable value
+        except TypeError:  # Opaque or unhashable: the normal path keys DBAPI values
             return None
         if entry is not None:
             plan: OrmPlan = entry.description  # the plan rides in the description slot
