@@ -176,6 +176,8 @@ def exact(v: Any) -> Any:
         return (t, bytes(v))
     if isinstance(v, enum.Enum):
         return (t, v.name, exact(v.value))
+    if isinstance(v, uuid.UUID):  # asyncpg's own UUID class
+        return (t, v.int)
     if t in _ADDRESSES:
         return (t, str(v))
     wrapped = _WRAPPERS.get(f"{t.__module__}.{t.__qualname__}")
@@ -189,14 +191,9 @@ def _first(item: tuple[str, Any]) -> str:
 
 
 _ADDRESSES = frozenset(
-    {
-        ipaddress.IPv4Address,
-        ipaddress.IPv6Address,
-        ipaddress.IPv4Network,
-        ipaddress.IPv6Network,
-        ipaddress.IPv4Interface,
-        ipaddress.IPv6Interface,
-    }
+    getattr(ipaddress, f"IPv{v}{kind}")
+    for v in (4, 6)
+    for kind in ("Address", "Network", "Interface")
 )
 
 
