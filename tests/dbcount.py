@@ -31,11 +31,12 @@ statements whose SQL contains ``fragment`` (case-insensitive).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -195,7 +196,12 @@ def make_engine(url: str, **kw: Any) -> Any:
     return create_engine(url, **kw)
 
 
-def poll(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005) -> Any:
+def poll(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.005,
+    what: str = "condition",
+) -> Any:
     """Return ``predicate()`` once truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -203,7 +209,7 @@ def poll(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(interval)
 
 
@@ -318,3 +324,42 @@ def seed(url: str) -> None:
             conn.execute(insert(Tag), [{"id": i, "label": f"tag{i}"} for i in range(1, 4)])
     finally:
         engine.dispose()
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

@@ -35,12 +35,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from dbcount import PgStatements, SqliteTrace, poll
 
 from querycache import QueryCache
 
@@ -88,23 +85,6 @@ SLOW_ROWS = 2500
 # -- polling -------------------------------------------------------------------------
 
 
-def poll(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    interval: float = 0.002,
-    what: str = "condition",
-) -> Any:
-    """Return ``predicate()`` as soon as it is truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(interval)
-
-
 # -- Redis ------------------------------------------------------------------------------
 
 
@@ -142,72 +122,9 @@ def scan_keys(client: Any, match: str = "*") -> list[bytes]:
     return list(client.scan_iter(match=match, count=1000))
 
 
-# -- database-side execution counters -----------------------------------------------------
+# -- database-side execution counters: the ones every core test uses ----------------------
 
-
-class SqliteTrace:
-    """Statements SQLite started on an engine's connections (its trace callback).
-
-    Installed on every new DBAPI connection; hits served by the cache never
-    reach SQLite, so they never show up here.
-    """
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.statements: list[str] = []
-        self._lock = threading.Lock()
-        sync = getattr(engine, "sync_engine", engine)
-        sa.event.listen(sync, "connect", self._on_connect)
-
-    def _trace(self, sql: str) -> None:
-        with self._lock:
-            self.statements.append(sql)
-
-    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):
-            dbapi_connection.set_trace_callback(self._trace)
-            return
-        from sqlalchemy.util.concurrency import await_
-
-        await_(dbapi_connection.driver_connection.set_trace_callback(self._trace))
-
-    def count(self, fragment: str) -> int:
-        f = " ".join(fragment.lower().split())
-        with self._lock:
-            return sum(1 for s in self.statements if f in " ".join(s.lower().split()))
-
-
-class PgCalls:
-    """``pg_stat_statements`` calls in one database, read on a plain connection."""
-
-    def __init__(self, url: str) -> None:
-        import psycopg
-
-        u = make_url(url)
-        self.dbname = u.database
-        self._conn = psycopg.connect(
-            host=u.host,
-            port=u.port,
-            user=u.username,
-            password=u.password,
-            dbname=u.database,
-            autocommit=True,
-        )
-
-    def count(self, fragment: str) -> int:
-        row = self._conn.execute(
-            "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s "
-            "JOIN pg_database d ON d.oid = s.dbid "
-            "WHERE d.datname = %s AND regexp_replace(s.query, '\\s+', ' ', 'g') ILIKE %s",
-            (self.dbname, "%" + " ".join(fragment.split()) + "%"),
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-# -- schemas ---------------------------------------------------------------------------------
+PgCalls = PgStatements
 
 
 def create_counter(url: str) -> None:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from dbcount import counter_for
+from dbcount import RWLock, counter_for
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -35,45 +33,6 @@ from sample_db.workload import READ_OPERATIONS, Operation, Workload, all_reads
 SCALE = 0.02
 OPS = 20_000
 THREADS = 4
-
-
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 def differential(url: str, ops: int, threads: int, seed: int) -> dict[str, Any]:

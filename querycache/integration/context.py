@@ -125,25 +125,11 @@ class CachingContext:
                 and STATE_KEY not in info
             ):
                 # The hit path: no analysis, no logging, one dict lookup.
-                params = self.parameters[0]  # type: ignore[attr-defined]
-                t = type(params)
-                if t is dict:
-                    types = tuple([type(v) for v in params.values()])
-                    values = tuple(params.items())
-                elif t is tuple:
-                    types = tuple([type(v) for v in params])
-                    values = params
-                else:  # another mapping or sequence: key_for() normalises it
-                    types = (Opaque,)
-                    values = None
                 try:
-                    if TRUSTED.issuperset(types):
-                        key = (binding.ident, self.statement, values, types)  # type: ignore[attr-defined]
-                    else:
-                        key = (binding.ident, self.statement, exact_params(params))  # type: ignore[attr-defined]
-                    entry = binding.memory.get(key)
+                    key = key_for(binding, self.statement, self.parameters[0])  # type: ignore[attr-defined]
+                    entry = binding.memory.get(key) if key is not None else None
                 except Exception as exc:
-                    if not isinstance(exc, TypeError):  # TypeError: Opaque, unhashable
+                    if not isinstance(exc, TypeError):  # TypeError: unhashable values
                         binding.core.failed("memory lookup", exc)
                     key = entry = None
                 if entry is not None:
@@ -251,8 +237,8 @@ def _fetch_can_resume(cursor: Any) -> bool:
 
 def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
     """The memory-tier key of one execution, or None when a parameter cannot be
-    keyed exactly (:class:`~querycache.keys.Opaque`); the hit path in
-    :meth:`CachingContext.pre_exec` builds the same key inline."""
+    keyed exactly (:class:`~querycache.keys.Opaque`). On the hit path: plain
+    dicts and tuples of :data:`~querycache.keys.TRUSTED` values cost two tuples."""
     t = type(params)
     if t is dict:
         types = tuple([type(v) for v in params.values()])
