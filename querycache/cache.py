@@ -20,11 +20,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from querycache.analysis import Analysis, Analyzer
+from querycache.analysis.footprints import footprint_of
 from querycache.integration.catalog import Catalog, read_catalog
 from querycache.integration.engine import EngineBinding, attach
 from querycache.integration.orm import OrmFastPath
 from querycache.invalidation.bus import InvalidationBus
-from querycache.invalidation.versions import LocalVersions
+from querycache.invalidation.cells import CellRegistry
 from querycache.report import Report, build_report
 from querycache.settings import Settings, number
 from querycache.singleflight import Flights
@@ -44,12 +45,15 @@ _MAX_PLANS = 20_000
 class Plan:
     """Everything derived once per distinct SQL string."""
 
-    __slots__ = ("analysis", "checked", "description", "stats", "tables")
+    __slots__ = ("analysis", "checked", "description", "footprint", "stats", "tables")
 
-    def __init__(self, analysis: Analysis, stats: QueryStats) -> None:
+    def __init__(self, analysis: Analysis, stats: QueryStats, footprint: Any = None) -> None:
         self.analysis = analysis
         self.tables: tuple[str, ...] = tuple(sorted(analysis.tables_read))
         self.stats = stats
+        #: :class:`~querycache.analysis.footprints.ReadFootprint` of a cacheable
+        #: read, :class:`~querycache.analysis.footprints.WriteSpec` of a write
+        self.footprint = footprint
         #: ``(signature, description)`` of the last result, shared by entries
         self.description: tuple[Any, Any] | None = None
         #: the catalog this statement's relations were last found in
@@ -99,6 +103,9 @@ class QueryCache:
     :param discover_views: read hidden dependencies from each database's
         catalog when an engine is wrapped (and after DDL): views, foreign-key
         cascades, triggers, functions that write (PostgreSQL and SQLite).
+    :param invalidation: ``"precise"`` (default): a write drops only the
+        entries whose rows it may have touched (see ``querycache.analyze()``'s
+        ``footprint``); ``"table"``: every entry that read a written table.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class QueryCache:
         lease_timeout: float = 2.0,
         compress_threshold: int = 2048,
         hash_params: bool = True,
+        invalidation: str = "precise",
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -142,9 +150,14 @@ class QueryCache:
         self._views: dict[str, set[str]] = {
             k.lower(): {t.lower() for t in v} for k, v in (view_dependencies or {}).items()
         }
-        self.versions = LocalVersions()
+        if not isinstance(invalidation, str):
+            raise TypeError(f"invalidation must be 'precise' or 'table', got {invalidation!r}")
+        if invalidation not in ("precise", "table"):
+            raise ValueError(f"invalidation must be 'precise' or 'table', got {invalidation!r}")
+        self.invalidation = invalidation
+        self.cells = CellRegistry(precise=invalidation == "precise")
         self.memory = MemoryTier(
-            self.settings.memory_bytes, self.settings.max_entry_bytes, self.versions
+            self.settings.memory_bytes, self.settings.max_entry_bytes, self.cells
         )
         self.flights = Flights()
         self.stats = Stats()
@@ -247,24 +260,42 @@ class QueryCache:
             self.redis.bump_generation(None)
 
     def invalidate_scope(
-        self, scope: str, tables: frozenset[str] | None, is_async: bool | None = None
+        self,
+        scope: str,
+        tables: frozenset[str] | None,
+        is_async: bool | None = None,
+        images: Mapping[str, Any] | None = None,
     ) -> None:
         """Apply a committed write: ``tables`` of ``scope`` (``None``: all).
 
-        Memory first (this process reads its own writes at once), then Redis:
-        new version tokens and a message to the other processes.
+        ``images`` holds, per written table, what the write is known to have
+        touched (:class:`~querycache.invalidation.images.Image`); a table
+        without one may have had any row changed. Memory first (this process
+        reads its own writes at once), then Redis: new version tokens and a
+        message to the other processes.
         """
+        written = tables
         if tables is not None:
             tables = self._expand_views(tables)
             catalog = self.catalogs.get(scope)
             if catalog is not None:
                 tables = catalog.expand_writes(tables)
+        writes: dict[str, Any] | None = None
         if tables is not None:
             for t in tables:
                 self.stats.table(t).invalidations += 1
+            writes = dict.fromkeys(tables)
+            if images and tables == written:
+                # an image is trusted only when nothing hidden (a view, a
+                # cascade, a trigger) widens the write
+                catalog = self.catalogs.get(scope)
+                hidden = catalog.triggered if catalog is not None else ()
+                for t, image in images.items():
+                    if t in writes and t not in hidden:
+                        writes[t] = image
         else:
             self.stats.events["invalidate everything"] += 1
-        self.memory.invalidate(scope, tables)
+        self.memory.invalidate(scope, writes)
         if self.redis is not None:
             self.redis.bump(scope, tables, is_async)
 
@@ -315,7 +346,10 @@ class QueryCache:
             stats = self.stats.query(
                 analysis.fingerprint, analysis.fingerprint_id, analysis.tables_read
             )
-            plan = Plan(analysis, stats)
+            footprint = None
+            if self.cells.precise and (analysis.cacheable or analysis.kind == "write"):
+                footprint = footprint_of(sql, dialect)
+            plan = Plan(analysis, stats, footprint)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan

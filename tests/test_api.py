@@ -417,7 +417,7 @@ def _user(i: int) -> dict[str, Any]:
             "memory.get",
         ),
         "analyzer.analyze",
-        "versions.capture",
+        "cells.capture",
     ],
 )
 def test_a_failure_inside_the_cache_never_fails_the_query(env: Env, monkeypatch, target):

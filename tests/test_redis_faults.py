@@ -168,20 +168,20 @@ class Differential:
 
     def _write(self, op: Operation) -> None:
         writer, others = self.caches[0], self.caches[1:]
-        mine = writer.versions.capture(self.scope, TABLES)
-        theirs = [c.versions.capture(self.scope, TABLES) for c in others]
+        mine = writer.cells.capture(self.scope, TABLES)
+        theirs = [c.cells.capture(self.scope, TABLES) for c in others]
         try:
             with self.sessions[0]() as session:
                 op.run(session)
         except Exception as exc:
             self.errors.append(f"write {op.name}: {type(exc).__name__}: {exc}"[:300])
-        if writer.versions.capture(self.scope, TABLES) == mine:
+        if writer.cells.capture(self.scope, TABLES) == mine:
             return  # nothing committed, nothing to wait for
         for cache, before in zip(others, theirs):
             try:
                 poll(
                     lambda c=cache, b=before: (
-                        c.memory.suspended or c.versions.capture(self.scope, TABLES) != b
+                        c.memory.suspended or c.cells.capture(self.scope, TABLES) != b
                     ),
                     timeout=10,
                     interval=0.001,
@@ -523,12 +523,12 @@ def entry_count(client: redis.Redis) -> int:
 def write_then_read_through_the_other_cache(a, ea, b, eb, plain) -> tuple[str, str]:
     """a renames the customer; once b applied the invalidation (or suspended), b
     reads. Returns (b's read, the database's)."""
-    before = b.versions.capture(scope_of(ea.url, 0), ("customers",))
+    before = b.cells.capture(scope_of(ea.url, 0), ("customers",))
     with ea.begin() as conn:
         conn.execute(sa.text("UPDATE customers SET name = name || '+' WHERE id = 5"))
     poll(
         lambda: (
-            b.memory.suspended or b.versions.capture(scope_of(ea.url, 0), ("customers",)) != before
+            b.memory.suspended or b.cells.capture(scope_of(ea.url, 0), ("customers",)) != before
         ),
         timeout=5,
         what="b applied the invalidation",

@@ -127,6 +127,8 @@ class Catalog:
     writes_everything: set[str] = field(default_factory=set)
     writer_functions: dict[str, set[str] | None] = field(default_factory=dict)
     uncacheable: set[str] = field(default_factory=set)
+    #: tables with triggers: a trigger may change the rows a write names
+    triggered: set[str] = field(default_factory=set)
     known: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
@@ -233,6 +235,7 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
         cat.writes_everything.add(str(table).lower())
     for table, language, source in _rows(conn, _PG_TRIGGERS):
         table = str(table).lower()
+        cat.triggered.add(table)
         written = body_writes(source or "") if language in ("plpgsql", "sql") else None
         if written is None:
             cat.writes_everything.add(table)
@@ -275,6 +278,7 @@ def _sqlite(conn: Any, analyzer: Any) -> Catalog:
             if m is None:
                 continue
             table = _name(m.group(1).strip("[]`"))
+            cat.triggered.add(table)
             written: set[str] = set()
             for statement in m.group(2).split(";"):
                 if not statement.strip():

@@ -28,10 +28,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from querycache.analysis import ALL
+from querycache.analysis.footprints import WriteSpec
 from querycache.errors import OptionError
 from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
 from querycache.integration.shared import release_lease
+from querycache.invalidation.images import bind_write
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import TRUSTED, Opaque, exact_params
 from querycache.tiers.base import Entry, thaw
@@ -274,6 +276,24 @@ def record_write(info: dict[str, Any], tables: Any) -> None:
         state.everything = True
     else:
         state.written.update(tables)
+
+
+def record_image(info: dict[str, Any], tables: Any, spec: Any, parameter_sets: Any) -> None:
+    """Add what this write is known to touch to the connection's pending images.
+
+    A table written without an image (no spec, or a spec that pins nothing)
+    is remembered as unknown: any of its rows may have changed.
+    """
+    state = state_of(info)
+    images = state.images
+    image = bind_write(spec, parameter_sets) if isinstance(spec, WriteSpec) else None
+    for table in tables:
+        mine = image if isinstance(spec, WriteSpec) and spec.table == table else None
+        if table in images:
+            known = images[table]
+            images[table] = None if known is None or mine is None else known.merge(mine)
+        else:
+            images[table] = mine
 
 
 def committed_now(fairy: Any, options: Any, default_isolation: str | None) -> bool:

@@ -31,6 +31,7 @@ from querycache.integration.context import (
     entry_for,
     key_for,
     make_context_class,
+    record_image,
     record_write,
 )
 from querycache.integration.drivers import in_transaction
@@ -192,14 +193,14 @@ class EngineBinding:
             qs.memory_hits += 1
             if capture is not None:
                 capture.entry, capture.storable = entry, True
-                capture.snapshot = self.memory.versions.capture(self.scope, plan.tables)
+                capture.snapshot = self.capture(plan, ctx.parameters[0])
             return
         # a transaction that wrote anything never stores what it reads; nor
         # does a SQLite transaction opened explicitly (its snapshot may be old)
         store = state is None or not state.has_writes
         if store and self.dialect_name == "sqlite" and in_transaction(ctx._dbapi_connection):
             store = False
-        snapshot = self.memory.versions.capture(self.scope, plan.tables)
+        snapshot = self.capture(plan, ctx.parameters[0])
         ttl = opts.get("querycache_ttl") or core.ttl
         miss = Miss(key, plan, qs, snapshot, None, store, ttl, capture)
         if store:
@@ -223,6 +224,11 @@ class EngineBinding:
         ctx._qc_miss = miss
         ctx.cursor = ctx._qc_real_cursor()
         miss.started = time.perf_counter()  # database time only, not Redis
+
+    def capture(self, plan: Any, params: Any) -> tuple[Any, ...]:
+        """The validity cells a result of ``plan`` with ``params`` depends on,
+        captured before the query runs (see :mod:`querycache.invalidation.cells`)."""
+        return self.memory.cells.capture(self.scope, plan.tables, plan.footprint, params)
 
     def _serve_shared(self, ctx: Any, miss: Miss, entry: Entry) -> None:
         """A Redis hit: fill the memory tier, serve, wake this process's followers."""
@@ -279,6 +285,8 @@ class EngineBinding:
         if written is not ALL and not written:
             return
         record_write(info, written)
+        if kind == "write" and written is not ALL:
+            record_image(info, written, plan.footprint, ctx.parameters)
         if kind == "ddl":
             state_of(info).ddl = True
         self.core.count_writes(written)
@@ -342,6 +350,7 @@ class EngineBinding:
         state = info.get(STATE_KEY) if info is not None else None
         if state is None:
             return
+        images = state.images
         written, everything = state.take_writes()
         state.snapshot = False
         if state.ddl:
@@ -352,7 +361,7 @@ class EngineBinding:
         if everything:
             self.core.invalidate_scope(self.scope, None, self.is_async)
         elif written:
-            self.core.invalidate_scope(self.scope, frozenset(written), self.is_async)
+            self.core.invalidate_scope(self.scope, frozenset(written), self.is_async, images)
 
     def drop_pending(self, fairy: Any) -> None:
         info = _info_of(fairy)

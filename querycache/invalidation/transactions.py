@@ -9,6 +9,8 @@ connection with no state is *clean*: its reads take the fast path.
   reports the write already committed, under autocommit), dropped when it
   rolls back. A savepoint rolled back keeps its tables pending: over-
   invalidating is safe, under-invalidating is not.
+* ``images``: per written table, what its writes are known to have touched
+  (:class:`~querycache.invalidation.images.Image`; ``None``: unknown rows).
 * ``everything``: a write whose targets are unknown is pending.
 * ``snapshot``: the transaction reads from a snapshot older than its
   statements (PostgreSQL REPEATABLE READ / SERIALIZABLE): reads bypass.
@@ -28,10 +30,12 @@ STATE_KEY = "querycache.tx"
 class TxState:
     """Pending invalidations and read restrictions of one connection."""
 
-    __slots__ = ("ddl", "everything", "snapshot", "tainted", "written")
+    __slots__ = ("ddl", "everything", "images", "snapshot", "tainted", "written")
 
     def __init__(self) -> None:
         self.written: set[str] = set()
+        #: per written table, what the writes touched (None: unknown rows)
+        self.images: dict[str, Any] = {}
         self.ddl = False
         self.everything = False
         self.snapshot = False
@@ -54,7 +58,7 @@ class TxState:
     def take_writes(self) -> tuple[set[str], bool]:
         """Hand over the pending writes and forget them."""
         written, everything = self.written, self.everything
-        self.written, self.everything = set(), False
+        self.written, self.everything, self.images = set(), False, {}
         return written, everything
 
     @property

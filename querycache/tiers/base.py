@@ -12,12 +12,12 @@ class Entry:
 
     Rows are kept as the DBAPI driver produced them (plain tuples), so that on
     a hit SQLAlchemy converts types exactly as it would for a live cursor.
-    ``deps`` are the ``(scope, table)`` pairs the result depends on, ``stats``
+    ``cells`` are the validity cells the result depends on, ``stats``
     the per-fingerprint counters a hit increments.
     """
 
     __slots__ = (
-        "deps",
+        "cells",
         "description",
         "expires",
         "key",
@@ -40,7 +40,7 @@ class Entry:
         self.rowcount = rowcount
         self.size = size
         self.expires = 0.0
-        self.deps: tuple[str, ...] = ()
+        self.cells: tuple[Any, ...] = ()
         self.key: Any = None
         self.stats: Any = None
         # rows hold dicts or lists (JSON, arrays): each hit gets its own copies

@@ -1,10 +1,13 @@
-"""L1: process memory. An LRU bounded by bytes, with a TTL per entry and an
-index from ``(scope, table)`` to the entries that depend on it.
+"""L1: process memory. An LRU bounded by bytes, with a TTL per entry; each
+entry holds the validity cells it depends on
+(:mod:`querycache.invalidation.cells`).
 
 The hit path (:meth:`MemoryTier.get`) takes no lock: one dict lookup, one
-clock read, one LRU touch — each a single atomic operation on CPython. Stores
-and invalidations take the lock, which also guards the version check that
-keeps a result read before a commit from being stored after it.
+clock read, a look at the entry's few cells, one LRU touch — each a single
+atomic operation on CPython. Stores check the captured cells under the lock.
+An invalidation only kills cells (its cost does not grow with the entries it
+drops); the entries of dead cells are reclaimed a bounded batch at a time on
+later stores and invalidations, or as soon as a lookup finds them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from querycache.invalidation.versions import EPOCH, LocalVersions
+from querycache.invalidation.cells import CellRegistry
 from querycache.tiers.base import Entry
 
 __all__ = ["MemoryTier"]
@@ -25,14 +28,12 @@ _monotonic = time.monotonic
 class MemoryTier:
     """Byte-bounded LRU of :class:`Entry` objects."""
 
-    def __init__(self, max_bytes: int, max_entry_bytes: int, versions: LocalVersions) -> None:
+    def __init__(self, max_bytes: int, max_entry_bytes: int, cells: CellRegistry) -> None:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
-        self.versions = versions
+        self.cells = cells
         self.lock = threading.RLock()
         self._data: OrderedDict[Any, Entry] = OrderedDict()
-        self._index: dict[tuple[str, str], set[Any]] = {}
-        self._deps: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = {}
         self.bytes = 0
         self.evictions = 0
         self.expirations = 0
@@ -53,6 +54,12 @@ class MemoryTier:
                     self._remove(key)
                     self.expirations += 1
             return None
+        for cell in entry.cells:
+            if cell.dead:
+                with self.lock:
+                    if self._data.get(key) is entry:
+                        self._remove(key)
+                return None
         try:
             self._data.move_to_end(key)
         except KeyError:  # removed by another thread since the lookup
@@ -65,44 +72,42 @@ class MemoryTier:
         entry: Entry,
         scope: str,
         tables: tuple[str, ...],
-        snapshot: tuple[int, ...],
+        snapshot: tuple[Any, ...],
         ttl: float,
     ) -> bool:
-        """Store ``entry`` if the tables' versions still equal ``snapshot``.
+        """Store ``entry`` if every cell in ``snapshot`` (captured before the
+        query ran, see :meth:`CellRegistry.capture`) is still alive.
 
-        Returns False when the entry is too large or a table it reads was
-        invalidated since ``snapshot`` was captured.
+        Returns False when the entry is too large or a write that may have
+        changed it committed since ``snapshot`` was captured.
         """
         size = entry.size
         if size > self.max_entry_bytes or size > self.max_bytes:
             return False
-        deps = self._deps.get((scope, tables))
-        if deps is None:
-            if len(self._deps) >= 10_000:
-                self._deps.clear()
-            deps = self._deps[scope, tables] = ((scope, EPOCH), *[(scope, t) for t in tables])
         with self.lock:
-            if self.suspended or self.versions.capture(scope, tables) != snapshot:
+            if self.suspended:
                 return False
+            for cell in snapshot:
+                if cell.dead:
+                    return False
             if key in self._data:
                 self._remove(key)
+            if self.bytes + size > self.max_bytes:
+                self._reclaim(1024)
             while self.bytes + size > self.max_bytes and self._data:
                 self._remove(next(iter(self._data)))
                 self.evictions += 1
             entry.key = key
-            entry.deps = deps  # type: ignore[assignment]
+            entry.cells = snapshot
             entry.expires = _monotonic() + ttl
             self._data[key] = entry
             self.bytes += size
             if entry.stats is not None:
                 entry.stats.bytes_held += size
-            index = self._index
-            for dep in deps:
-                keys = index.get(dep)
-                if keys is None:
-                    index[dep] = {key}
-                else:
-                    keys.add(key)
+            for cell in snapshot:
+                cell.keys.add(key)
+            if self.cells.dead:
+                self._reclaim(16)
         return True
 
     def _remove(self, key: Any) -> None:
@@ -110,37 +115,50 @@ class MemoryTier:
         self.bytes -= entry.size
         if entry.stats is not None:
             entry.stats.bytes_held -= entry.size
-        index = self._index
-        for dep in entry.deps:
-            keys = index.get(dep)  # type: ignore[call-overload]
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[dep]  # type: ignore[arg-type]
+        for cell in entry.cells:
+            cell.keys.discard(key)
 
-    def invalidate(self, scope: str, tables: frozenset[str] | None) -> int:
-        """Bump versions and drop dependent entries; ``None`` means every
-        table in ``scope``. Returns how many entries were dropped."""
-        with self.lock:
-            self.versions.bump(scope, tables)
-            deps = [(scope, EPOCH)] if tables is None else [(scope, t) for t in tables]
-            dropped = 0
-            for dep in deps:
-                for key in list(self._index.get(dep, ())):
-                    if key in self._data:
+    def _reclaim(self, budget: int) -> int:
+        """Remove up to about ``budget`` entries of dead cells (under the lock)."""
+        removed = 0
+        while removed < budget:
+            cells = self.cells.drain(8)
+            if not cells:
+                break
+            for cell in cells:
+                for key in list(cell.keys):
+                    entry = self._data.get(key)
+                    if entry is not None and cell in entry.cells:
                         self._remove(key)
-                        dropped += 1
-            return dropped
+                        removed += 1
+                cell.keys.clear()
+        return removed
+
+    def invalidate(self, scope: str, writes: dict[str, Any] | frozenset[str] | None) -> int:
+        """Kill the cells ``writes`` may touch: per table its
+        :class:`~querycache.invalidation.images.Image` or ``None`` (unknown
+        rows); a set of table names (all unknown); ``None``: all of ``scope``.
+        Returns how many cells died; their entries are unreachable at once."""
+        if writes is not None and not isinstance(writes, dict):
+            writes = dict.fromkeys(writes)
+        killed = self.cells.kill(scope, writes)
+        if self.cells.dead:
+            with self.lock:
+                self._reclaim(64)
+        return killed
 
     def clear(self) -> None:
         """Drop everything and advance every version."""
         with self.lock:
-            self.versions.bump_everything()
+            self.cells.kill_all()
+            self.cells.drain(1 << 62)
             for entry in self._data.values():
                 if entry.stats is not None:
                     entry.stats.bytes_held -= entry.size
+            for entry in self._data.values():
+                for cell in entry.cells:
+                    cell.keys.clear()
             self._data.clear()
-            self._index.clear()
             self.bytes = 0
 
     def suspend(self) -> None:

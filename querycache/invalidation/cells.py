@@ -1,0 +1,234 @@
+"""Validity cells: the versions that make row-precise invalidation race-free.
+
+A :class:`Cell` stands for one set of rows a cached result depends on; it is
+alive until a committed write that may touch those rows *kills* it. Every
+entry holds the cells it depends on, and is valid while all of them live.
+The cells a result needs are **captured before** its query runs and checked
+again when it is stored; a writer kills cells only **after** its commit. So a
+result read before a commit can never be stored after it, and killing a cell
+makes all its entries unreachable at once, however many there are: the
+memory tier reclaims their bytes lazily (:meth:`CellRegistry.drain`).
+
+Per scope and table, the cells form groups keyed by the *columns* the
+reading statements reference (an ``UPDATE`` that sets none of a group's
+columns leaves it alone). Within a group:
+
+* ``every`` — results that depend on every row of the table;
+* per column ``c``: a *wildcard* cell held by every result keyed on ``c``,
+  killed when a write's image does not know ``c``; one cell per loose value
+  (``c = v``, ``c IN (...)``, ``c IS NULL``), killed when an image holds
+  ``v``; one cell per range (``lo <= c < hi``), killed when an image holds a
+  value that may lie in it.
+
+Each scope also has an *epoch* cell that every entry holds: killing it
+invalidates the whole scope (unknown writes, DDL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from typing import Any
+
+from querycache.analysis.footprints import ReadFootprint
+from querycache.invalidation.images import Image, in_range, loose, missing, value_of
+
+__all__ = ["Cell", "CellRegistry"]
+
+_RANGED = frozenset({int, float, Decimal, str, dt.date, dt.datetime})
+
+
+class Cell:
+    """Alive until killed. ``keys``: memory-tier keys of entries holding it."""
+
+    __slots__ = ("dead", "keys")
+
+    def __init__(self) -> None:
+        self.dead = False
+        self.keys: set[Any] = set()
+
+    def __repr__(self) -> str:
+        return f"<Cell {'dead' if self.dead else 'alive'} {len(self.keys)} entries>"
+
+
+class _Column:
+    __slots__ = ("eq", "ranges", "wild")
+
+    def __init__(self) -> None:
+        self.wild = Cell()
+        self.eq: dict[Any, Cell] = {}
+        self.ranges: dict[tuple[tuple[str, Any], ...], Cell] = {}
+
+
+class _Group:
+    __slots__ = ("columns", "every")
+
+    def __init__(self) -> None:
+        self.every = Cell()
+        self.columns: dict[str, _Column] = {}
+
+
+class _Scope:
+    __slots__ = ("epoch", "tables")
+
+    def __init__(self) -> None:
+        self.epoch = Cell()
+        self.tables: dict[str, dict[frozenset[str] | None, _Group]] = {}
+
+
+class CellRegistry:
+    """Every live cell of this process, by scope, table, column group and value.
+
+    ``precise=False`` gives table-level invalidation: footprints are ignored
+    and every result depends on every row of each table it reads.
+    """
+
+    def __init__(self, precise: bool = True) -> None:
+        self.precise = precise
+        self.lock = threading.Lock()
+        self._scopes: dict[str, _Scope] = {}
+        self.dead: list[Cell] = []
+
+    # -- readers ---------------------------------------------------------------
+    def capture(
+        self,
+        scope: str,
+        tables: tuple[str, ...],
+        footprint: ReadFootprint | None = None,
+        params: Any = None,
+    ) -> tuple[Cell, ...]:
+        """The cells a result of this execution depends on (before its query)."""
+        fps = footprint.tables if footprint is not None and self.precise else None
+        with self.lock:
+            s = self._scopes.get(scope)
+            if s is None:
+                s = self._scopes[scope] = _Scope()
+            cells = [s.epoch]
+            for table in tables:
+                fp = fps.get(table) if fps is not None else None
+                groups = s.tables.get(table)
+                if groups is None:
+                    groups = s.tables[table] = {}
+                columns = fp.columns if fp is not None else None
+                group = groups.get(columns)
+                if group is None:
+                    group = groups[columns] = _Group()
+                if fp is None or not fp.conds:
+                    cells.append(group.every)
+                    continue
+                cells.extend(_keyed(group, fp.conds, params))
+            return tuple(cells)
+
+    # -- writers ---------------------------------------------------------------
+    def kill(self, scope: str, writes: dict[str, Image | None] | None) -> int:
+        """Apply committed writes: per table its image (``None``: unknown rows);
+        ``writes=None``: anything in ``scope``. Returns how many cells died."""
+        with self.lock:
+            s = self._scopes.get(scope)
+            if s is None:
+                return 0
+            if writes is None:
+                self._die(s.epoch)
+                s.epoch = Cell()
+                return 1
+            before = len(self.dead)
+            for table, image in writes.items():
+                groups = s.tables.get(table)
+                if groups:
+                    image = image if self.precise else None
+                    self._kill_table(groups, image, scope.startswith("sqlite"))
+            return len(self.dead) - before
+
+    def kill_all(self) -> None:
+        """Every scope's epoch: nothing captured before now can be stored."""
+        with self.lock:
+            for s in self._scopes.values():
+                self._die(s.epoch)
+                s.epoch = Cell()
+
+    def drain(self, budget: int) -> list[Cell]:
+        """Up to ``budget`` dead cells whose entries are still to be reclaimed."""
+        with self.lock:
+            taken, self.dead = self.dead[:budget], self.dead[budget:]
+            return taken
+
+    def _die(self, cell: Cell) -> None:
+        cell.dead = True
+        if cell.keys:
+            self.dead.append(cell)
+
+    def _kill_table(
+        self, groups: dict[frozenset[str] | None, _Group], image: Image | None, sqlite: bool
+    ) -> None:
+        changed = image.changed if image is not None else None
+        for columns, group in groups.items():
+            if changed is not None and columns is not None and columns.isdisjoint(changed):
+                continue  # the write changed no column these results use
+            self._die(group.every)
+            group.every = Cell()
+            for name in list(group.columns):
+                column = group.columns[name]
+                values = image.values.get(name) if image is not None else None
+                if values is None or not self._kill_values(column, values, sqlite):
+                    self._die(column.wild)  # every cell of the column with it
+                    del group.columns[name]
+
+    def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
+        """Kill the cells ``values`` may fall in; False if one cannot be keyed."""
+        if column.eq:
+            keys = [loose(v) for v in values]
+            if any(k is None for k in keys):
+                return False
+            for k in keys:
+                cell = column.eq.pop(k, None)
+                if cell is not None:
+                    self._die(cell)
+        if column.ranges:
+            for bounds in list(column.ranges):
+                if any(in_range(v, bounds, sqlite) for v in values):
+                    self._die(column.ranges.pop(bounds))
+        return True
+
+
+def _keyed(group: _Group, conds: Any, params: Any) -> list[Cell]:
+    """The cells of the most selective usable condition, or ``every``."""
+    for cond in conds:
+        if cond.op != "=":
+            continue
+        keys = []
+        for source in cond.values:
+            v = value_of(source, params)
+            k = None if missing(v) else loose(v)
+            if k is None:
+                break
+            keys.append(k)
+        else:
+            column = group.columns.get(cond.column)
+            if column is None:
+                column = group.columns[cond.column] = _Column()
+            cells = [column.wild]
+            for k in keys:
+                cell = column.eq.get(k)
+                if cell is None:
+                    cell = column.eq[k] = Cell()
+                cells.append(cell)
+            return cells
+    by_column: dict[str, list[tuple[str, Any]]] = {}
+    for cond in conds:
+        if cond.op == "=":
+            continue
+        v = value_of(cond.values[0], params)
+        if missing(v) or type(v) not in _RANGED:
+            continue
+        by_column.setdefault(cond.column, []).append((cond.op, v))
+    for name, bounds in by_column.items():
+        key = tuple(sorted(bounds, key=repr))
+        column = group.columns.get(name)
+        if column is None:
+            column = group.columns[name] = _Column()
+        cell = column.ranges.get(key)
+        if cell is None:
+            cell = column.ranges[key] = Cell()
+        return [column.wild, cell]
+    return [group.every]

@@ -1,0 +1,192 @@
+"""Binding footprints and write specs to one execution's parameters.
+
+A :class:`~querycache.analysis.footprints.WriteSpec` names parameters; bound
+to the DBAPI parameters of an execution it becomes an :class:`Image`: per
+column, every value the touched rows may have had before or after the
+write. A column missing from ``values`` is *unknown*: it may be anything.
+
+Values are compared loosely, so that two values the database may consider
+equal always meet (:func:`loose`): numbers by numeric value whatever their
+type, strings trimmed and case-folded, a string that reads as a number as
+that number, UUIDs by their hex digits. Loose equality may join values the
+database tells apart (that costs an extra invalidation), never the reverse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from querycache.analysis.footprints import Cond, WriteSpec
+
+__all__ = ["NULL", "Image", "bind_write", "in_range", "loose", "value_of"]
+
+NULL = ("null",)
+_NUMERIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_ISO_DATE = re.compile(r"^\d{4}-\d\d-\d\d")
+_MISSING = object()
+
+
+def loose(v: Any) -> Any:
+    """A hashable key equal for every two values the database may find equal;
+    ``None`` when ``v`` cannot be keyed (the caller treats it as unknown)."""
+    t = type(v)
+    if v is None:
+        return NULL
+    if t is int or t is bool:
+        return int(v)
+    if t is str:
+        s = v.strip()
+        if _NUMERIC.match(s):
+            try:
+                return Decimal(s)
+            except InvalidOperation:
+                return None
+        return s.casefold().replace("-", "")
+    if t is float:
+        if v != v or v in (float("inf"), float("-inf")):
+            return None
+        return Decimal(repr(v))
+    if t is Decimal:
+        return v if v.is_finite() else None
+    if t is bytes:
+        return ("b", v)
+    if isinstance(v, uuid.UUID):
+        return v.hex
+    if t is dt.date:
+        return v.isoformat().replace("-", "")
+    return None
+
+
+def _comparable(a: Any, b: Any, sqlite: bool) -> bool:
+    ta, tb = type(a), type(b)
+    numbers = (int, float, Decimal, bool)
+    if ta in numbers and tb in numbers:
+        return True
+    if ta is dt.datetime and tb is dt.datetime:
+        return (a.tzinfo is None) == (b.tzinfo is None)
+    if ta is dt.date and tb is dt.date:
+        return True
+    # SQLite keeps dates as ISO text: those compare as text, digit by digit
+    return sqlite and ta is str and tb is str and bool(_ISO_DATE.match(a) and _ISO_DATE.match(b))
+
+
+def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
+    """Whether ``v`` may satisfy every ``(op, bound)``; True when unsure."""
+    if v is None:
+        return False  # NULL satisfies no comparison
+    for op, bound in bounds:
+        if not _comparable(v, bound, sqlite):
+            return True
+        try:
+            if op == "<":
+                ok = v < bound
+            elif op == "<=":
+                ok = v <= bound
+            elif op == ">":
+                ok = v > bound
+            else:
+                ok = v >= bound
+        except TypeError:
+            return True
+        if not ok:
+            return False
+    return True
+
+
+def value_of(source: tuple[str, Any], params: Any) -> Any:
+    """The value a :data:`~querycache.analysis.footprints.Source` has in
+    ``params``; ``_MISSING`` when the parameter is not there."""
+    kind, ref = source
+    if kind == "l":
+        return ref
+    try:
+        return params[ref]
+    except (KeyError, IndexError, TypeError):
+        return _MISSING
+
+
+def missing(v: Any) -> bool:
+    return v is _MISSING
+
+
+class Image:
+    """What one transaction's writes tell about the rows of one table.
+
+    ``values``: column -> the values it may have had, before or after, in
+    any touched row (a column not there: unknown). ``changed``: columns whose
+    values may have changed (``None``: any — every insert and delete).
+    """
+
+    __slots__ = ("changed", "values")
+
+    def __init__(self, values: dict[str, list[Any]], changed: frozenset[str] | None) -> None:
+        self.values = values
+        self.changed = changed
+
+    def merge(self, other: Image) -> Image:
+        """Both writes' rows: a column known only if known in both."""
+        values = {c: vs + other.values[c] for c, vs in self.values.items() if c in other.values}
+        if self.changed is None or other.changed is None:
+            changed = None
+        else:
+            changed = self.changed | other.changed
+        return Image(values, changed)
+
+    def __repr__(self) -> str:
+        return f"Image(values={self.values!r}, changed={self.changed!r})"
+
+
+def _pinned(pins: tuple[Cond, ...], params: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for cond in pins:
+        if cond.column in out:
+            continue  # any one pin is a superset of the truth
+        vals = [value_of(s, params) for s in cond.values]
+        if any(v is _MISSING for v in vals):
+            continue
+        out[cond.column] = vals
+    return out
+
+
+def bind_write(spec: WriteSpec, parameter_sets: Iterable[Any]) -> Image | None:
+    """The :class:`Image` of ``spec`` executed with each of ``parameter_sets``
+    (one for ``execute``, many for ``executemany``); ``None`` if nothing is known."""
+    image: Image | None = None
+    for params in parameter_sets:
+        for one in _images(spec, params):
+            image = one if image is None else image.merge(one)
+    return image
+
+
+def _images(spec: WriteSpec, params: Any) -> list[Image]:
+    if spec.kind == "insert":
+        out = []
+        for row in spec.rows:
+            values: dict[str, list[Any]] = {}
+            for column, source in row.items():
+                if source is None:
+                    continue
+                v = value_of(source, params)
+                if v is not _MISSING:
+                    values[column] = [v]
+            out.append(Image(values, None))
+        return out
+    pinned = _pinned(spec.pins, params)
+    if spec.kind == "delete":
+        return [Image(pinned, None)]
+    values = {}
+    sets = spec.sets or {}
+    for column, vals in pinned.items():
+        if column not in sets:
+            values[column] = vals
+            continue
+        source = sets[column]
+        new = value_of(source, params) if source is not None else _MISSING
+        if new is not _MISSING:
+            values[column] = [*vals, new]
+    return [Image(values, spec.changed)]
