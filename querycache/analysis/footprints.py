@@ -42,6 +42,7 @@ Source = tuple[str, Any]
 Op = Literal["=", "<", "<=", ">", ">="]
 
 _SQLGLOT = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "mysql": "mysql"}
+_PREDICATES = (exp.Cast, exp.Connector, exp.Binary, exp.Not, exp.Paren, exp.Is, exp.In)
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "="}
 _CMP = {exp.EQ: "=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
 # casts that hand a parameter's value to the comparison unchanged
@@ -85,6 +86,8 @@ class TableFootprint:
 
     conds: tuple[Cond, ...]
     columns: frozenset[str] | None  # None: every column (``*``)
+    #: inner-join equalities ``(own column, other table, other column)``
+    joins: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,12 @@ class WriteSpec:
     pins: tuple[Cond, ...] = ()
     sets: dict[str, Source | None] | None = None
     changed: frozenset[str] | None = None
+    #: ``SELECT * FROM table WHERE <the same WHERE>`` (placeholders written
+    #: ``:qcp<i>``/``%(qcp<i>)s``, see :func:`markers_of`), to read the rows an
+    #: ``UPDATE``/``DELETE`` is about to touch; None when that is not safe
+    fetch: str | None = None
+    #: the DBAPI accessor of each ``qcp<i>``
+    accessors: tuple[Any, ...] = ()
 
 
 def footprint_of(sql: str, dialect: str) -> ReadFootprint | WriteSpec | None:
@@ -183,10 +192,11 @@ def _markers(sql: str, family: str) -> tuple[str | None, list[Any]]:
 
 
 class _Ctx:
-    __slots__ = ("accessors", "fold")
+    __slots__ = ("accessors", "dialect", "fold")
 
     def __init__(self, accessors: list[Any], dialect: str) -> None:
         self.accessors = accessors
+        self.dialect = _SQLGLOT.get(dialect)
         # PostgreSQL keeps the case of quoted names; SQLite ignores case
         self.fold = dialect != "postgresql"
 
@@ -347,6 +357,7 @@ def _read(tree: exp.Select, ctx: _Ctx) -> ReadFootprint | None:
         return table if table in usable else None
 
     conds: dict[str, list[Cond]] = {t: [] for t in usable}
+    joins: dict[str, list[tuple[str, str, str]]] = {t: [] for t in usable}
     for where in [tree.args.get("where"), *on_conditions]:
         if where is None:
             continue
@@ -355,6 +366,14 @@ def _read(tree: exp.Select, ctx: _Ctx) -> ReadFootprint | None:
             found = _cond(c, resolve, ctx)
             if found is not None:
                 conds[found[0]].extend(_split_between(found[1]))
+            elif type(c) is exp.EQ and isinstance(c.this, exp.Column):
+                other = c.expression
+                if isinstance(other, exp.Column):
+                    a, b = resolve(c.this), resolve(other)
+                    if a is not None and b is not None and a != b:
+                        ca, cb = ctx.column(c.this), ctx.column(other)
+                        joins[a].append((ca, b, cb))
+                        joins[b].append((cb, a, ca))
     columns: dict[str, set[str] | None] = {t: set() for t in usable}
     for star in tree.expressions:
         if isinstance(star, exp.Star):
@@ -373,7 +392,9 @@ def _read(tree: exp.Select, ctx: _Ctx) -> ReadFootprint | None:
                 cols.add(ctx.column(col))
     return ReadFootprint(
         {
-            t: TableFootprint(tuple(conds[t]), None if cols is None else frozenset(cols))
+            t: TableFootprint(
+                tuple(conds[t]), None if cols is None else frozenset(cols), tuple(joins[t])
+            )
             for t, cols in columns.items()
         }
     )
@@ -420,11 +441,37 @@ def _update_delete(tree: exp.Update | exp.Delete, ctx: _Ctx) -> WriteSpec | None
             found = _cond(c, resolve, ctx)
             if found is not None and found[1].op == "=":
                 pins.append(found[1])
+    fetch = _fetch(tree, ctx)
+    accessors = tuple(ctx.accessors)
     if isinstance(tree, exp.Delete):
-        return WriteSpec(table, "delete", pins=tuple(pins))
+        return WriteSpec(table, "delete", pins=tuple(pins), fetch=fetch, accessors=accessors)
     sets: dict[str, Source | None] = {}
     for assignment in tree.expressions:
         if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
             return None
         sets[ctx.column(assignment.this)] = ctx.value(assignment.expression)
-    return WriteSpec(table, "update", pins=tuple(pins), sets=sets, changed=frozenset(sets))
+    return WriteSpec(
+        table,
+        "update",
+        pins=tuple(pins),
+        sets=sets,
+        changed=frozenset(sets),
+        fetch=fetch,
+        accessors=accessors,
+    )
+
+
+def _fetch(tree: exp.Update | exp.Delete, ctx: _Ctx) -> str | None:
+    """The pre-image query of a single-table ``UPDATE``/``DELETE`` whose
+    ``WHERE`` calls no function and holds no subquery (so that it selects
+    the same rows the write will touch)."""
+    where = tree.args.get("where")
+    if where is None:
+        return None
+    for node in where.walk():
+        if isinstance(node, exp.Select | exp.Subquery):
+            return None
+        if isinstance(node, exp.Func) and not isinstance(node, _PREDICATES):
+            return None  # a function of the row (or the clock) may not select alike
+    query = exp.select("*").from_(tree.this.copy()).where(where.this.copy())
+    return query.sql(dialect=ctx.dialect)

@@ -33,7 +33,7 @@ from querycache.errors import OptionError
 from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
 from querycache.integration.shared import release_lease
-from querycache.invalidation.images import bind_write
+from querycache.invalidation.images import PendingKeys, bind_write
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import TRUSTED, Opaque, exact_params
 from querycache.tiers.base import Entry, thaw
@@ -96,6 +96,7 @@ class CachingContext:
     _qc_after: str | None = None
     _qc_key: Any = None
     _qc_reason: str | None = None
+    _qc_pre: Any = None
 
     # -- create_cursor --------------------------------------------------
     def create_cursor(self) -> Any:
@@ -278,22 +279,41 @@ def record_write(info: dict[str, Any], tables: Any) -> None:
         state.written.update(tables)
 
 
-def record_image(info: dict[str, Any], tables: Any, spec: Any, parameter_sets: Any) -> None:
-    """Add what this write is known to touch to the connection's pending images.
+def record_image(info: dict[str, Any], tables: Any, spec: Any, ctx: Any) -> Any:
+    """Add what this write is known to touch to the connection's pending images;
+    returns where its own table's image went (a pre-image may replace it).
 
-    A table written without an image (no spec, or a spec that pins nothing)
-    is remembered as unknown: any of its rows may have changed.
+    A table written without an image (no spec, or another table's) is
+    remembered as unknown: any of its rows may have changed.
     """
-    state = state_of(info)
-    images = state.images
-    image = bind_write(spec, parameter_sets) if isinstance(spec, WriteSpec) else None
+    images = state_of(info).images
+    part: Any = None
+    if isinstance(spec, WriteSpec):
+        part = bind_write(spec, ctx.parameters)
+        if part is not None and spec.kind == "insert":
+            keys = _generated_keys(ctx, part)
+            if keys:
+                part = PendingKeys(part, ctx, keys)
+    where = None
     for table in tables:
-        mine = image if isinstance(spec, WriteSpec) and spec.table == table else None
-        if table in images:
-            known = images[table]
-            images[table] = None if known is None or mine is None else known.merge(mine)
-        else:
-            images[table] = mine
+        mine = part if spec is not None and spec.table == table else None
+        parts = images.setdefault(table, [])
+        if mine is not None:
+            where = (parts, len(parts))
+        parts.append(mine)
+    return where
+
+
+def _generated_keys(ctx: Any, image: Any) -> tuple[str, ...]:
+    """Primary-key columns of a compiled ``INSERT`` that its values do not give."""
+    compiled = ctx.compiled
+    table = getattr(getattr(compiled, "statement", None), "table", None)
+    pk = getattr(table, "primary_key", None)
+    if compiled is None or pk is None:
+        return ()
+    fold = ctx.dialect.name != "postgresql"
+    names = tuple(c.name.lower() if fold else c.name for c in pk.columns)
+    return names if any(n not in image.values for n in names) else ()
 
 
 def committed_now(fairy: Any, options: Any, default_isolation: str | None) -> bool:

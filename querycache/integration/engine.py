@@ -36,7 +36,9 @@ from querycache.integration.context import (
 )
 from querycache.integration.drivers import in_transaction
 from querycache.integration.orm import CAPTURE_OPTION
+from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
+from querycache.invalidation.images import merge_parts
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import connection_settings, result_identity, scope_of
 from querycache.tiers.base import Entry
@@ -286,16 +288,62 @@ class EngineBinding:
             return
         record_write(info, written)
         if kind == "write" and written is not ALL:
-            record_image(info, written, plan.footprint, ctx.parameters)
+            where = record_image(info, written, plan.footprint, ctx)
+            spec = plan.footprint
+            if where is not None and spec.fetch and not ctx.executemany:
+                self._prefetch(ctx, spec, where)
         if kind == "ddl":
             state_of(info).ddl = True
         self.core.count_writes(written)
         ctx._qc_after = "write"
 
+    def _prefetch(self, ctx: Any, spec: Any, where: Any) -> None:
+        """Read the rows an UPDATE/DELETE will touch (:mod:`.preimage`)."""
+        columns = self.memory.cells.keyed_columns(self.scope, spec.table)
+        postgres = self.dialect_name == "postgresql"
+        if not columns or not (postgres or self.dialect_name == "sqlite"):
+            return
+        core = self.core
+        catalog = core.catalogs.get(self.scope)
+        table = spec.table
+        if (
+            catalog is None
+            or table not in catalog.known
+            or table in catalog.views
+            or table in catalog.triggered
+            or table in core._views
+        ):
+            return
+        if postgres:
+            driver = getattr(ctx._dbapi_connection, "dbapi_connection", None)
+            level = ctx.execution_options.get("isolation_level", self.default_isolation)
+            if level == "AUTOCOMMIT" or getattr(driver, "autocommit", False):
+                return
+        try:
+            pre = fetch_preimage(ctx, spec, columns, postgres, self.dialect.paramstyle)
+        except Exception as exc:
+            core.failed("pre-image", exc)
+            return
+        if pre is not None:
+            pre.part = where
+            ctx._qc_pre = pre
+
+    def _finish_preimage(self, ctx: Any) -> None:
+        pre, ctx._qc_pre = ctx._qc_pre, None
+        version = data_version(ctx) if self.dialect_name == "sqlite" else None
+        spec = self.core.plan(ctx.statement, self.dialect_name).footprint
+        image = pre.image(spec, ctx.parameters[0], ctx.cursor.rowcount, version)
+        if image is not None and pre.part is not None:
+            parts, index = pre.part
+            if index < len(parts):
+                parts[index] = image
+
     # -- after the driver ran -------------------------------------------------
     def after(self, ctx: Any, what: str) -> None:
         """Follow a text COMMIT/ROLLBACK, or a write the driver auto-committed."""
         fairy = ctx._dbapi_connection
+        if getattr(ctx, "_qc_pre", None) is not None:
+            self._finish_preimage(ctx)
         if what == "commit":
             self.apply_pending(fairy)
         elif what == "rollback":
@@ -350,7 +398,7 @@ class EngineBinding:
         state = info.get(STATE_KEY) if info is not None else None
         if state is None:
             return
-        images = state.images
+        images = {t: merge_parts(parts) for t, parts in state.images.items()}
         written, everything = state.take_writes()
         state.snapshot = False
         if state.ddl:

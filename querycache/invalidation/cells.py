@@ -53,12 +53,15 @@ class Cell:
 
 
 class _Column:
-    __slots__ = ("eq", "ranges", "wild")
+    __slots__ = ("eq", "joins", "ranges", "wild")
 
     def __init__(self) -> None:
         self.wild = Cell()
         self.eq: dict[Any, Cell] = {}
         self.ranges: dict[tuple[tuple[str, Any], ...], Cell] = {}
+        #: (other table, its column, its condition) -> results of rows that
+        #: join, through this column, rows of the other table meeting it
+        self.joins: dict[tuple[str, str, Any], Cell] = {}
 
 
 class _Group:
@@ -114,10 +117,12 @@ class CellRegistry:
                 group = groups.get(columns)
                 if group is None:
                     group = groups[columns] = _Group()
-                if fp is None or not fp.conds:
+                if fp is None:
                     cells.append(group.every)
-                    continue
-                cells.extend(_keyed(group, fp.conds, params))
+                elif fp.conds:
+                    cells.extend(_keyed(group, fp.conds, params))
+                else:
+                    cells.extend(_joined(group, fp, fps, params))  # type: ignore[arg-type]
             return tuple(cells)
 
     # -- writers ---------------------------------------------------------------
@@ -137,7 +142,7 @@ class CellRegistry:
                 groups = s.tables.get(table)
                 if groups:
                     image = image if self.precise else None
-                    self._kill_table(groups, image, scope.startswith("sqlite"))
+                    self._kill_table(groups, image, scope.startswith("sqlite"), writes)
             return len(self.dead) - before
 
     def kill_all(self) -> None:
@@ -146,6 +151,15 @@ class CellRegistry:
             for s in self._scopes.values():
                 self._die(s.epoch)
                 s.epoch = Cell()
+
+    def keyed_columns(self, scope: str, table: str) -> list[str]:
+        """Columns of ``table`` that some live result is keyed on."""
+        s = self._scopes.get(scope)
+        groups = s.tables.get(table) if s is not None else None
+        if not groups:
+            return []
+        with self.lock:
+            return sorted({c for g in groups.values() for c in g.columns})
 
     def drain(self, budget: int) -> list[Cell]:
         """Up to ``budget`` dead cells whose entries are still to be reclaimed."""
@@ -159,7 +173,11 @@ class CellRegistry:
             self.dead.append(cell)
 
     def _kill_table(
-        self, groups: dict[frozenset[str] | None, _Group], image: Image | None, sqlite: bool
+        self,
+        groups: dict[frozenset[str] | None, _Group],
+        image: Image | None,
+        sqlite: bool,
+        writes: dict[str, Image | None],
     ) -> None:
         changed = image.changed if image is not None else None
         for columns, group in groups.items():
@@ -173,6 +191,25 @@ class CellRegistry:
                 if values is None or not self._kill_values(column, values, sqlite):
                     self._die(column.wild)  # every cell of the column with it
                     del group.columns[name]
+                elif column.joins:
+                    self._kill_joins(column, values, sqlite, writes)
+
+    def _kill_joins(
+        self, column: _Column, values: list[Any], sqlite: bool, writes: dict[str, Image | None]
+    ) -> None:
+        """Rows written with ``values`` in the join column meet the other
+        table's condition only through rows of it this same commit wrote, with
+        values known: otherwise they may."""
+        keys = {loose(v) for v in values}
+        for spec in list(column.joins):
+            other, other_column, (cond_column, how, arg) = spec
+            target = writes.get(other)
+            known = target.values.get(other_column) if target is not None else None
+            if known is not None and None not in keys and keys <= {loose(v) for v in known}:
+                candidates = target.values.get(cond_column)  # type: ignore[union-attr]
+                if candidates is not None and not _may_meet(candidates, how, arg, sqlite):
+                    continue
+            self._die(column.joins.pop(spec))
 
     def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
         """Kill the cells ``values`` may fall in; False if one cannot be keyed."""
@@ -191,29 +228,27 @@ class CellRegistry:
         return True
 
 
-def _keyed(group: _Group, conds: Any, params: Any) -> list[Cell]:
-    """The cells of the most selective usable condition, or ``every``."""
+def _may_meet(values: list[Any], how: str, arg: Any, sqlite: bool) -> bool:
+    if how == "=":
+        keys = [loose(v) for v in values]
+        return any(k is None or k in arg for k in keys)
+    return any(in_range(v, arg, sqlite) for v in values)
+
+
+def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
+    """The first usable condition of ``conds`` bound to ``params``:
+    ``(column, "=", frozenset of loose keys)`` or ``(column, "range", bounds)``."""
     for cond in conds:
-        if cond.op != "=":
-            continue
-        keys = []
-        for source in cond.values:
-            v = value_of(source, params)
-            k = None if missing(v) else loose(v)
-            if k is None:
-                break
-            keys.append(k)
-        else:
-            column = group.columns.get(cond.column)
-            if column is None:
-                column = group.columns[cond.column] = _Column()
-            cells = [column.wild]
-            for k in keys:
-                cell = column.eq.get(k)
-                if cell is None:
-                    cell = column.eq[k] = Cell()
-                cells.append(cell)
-            return cells
+        if cond.op == "=":
+            keys = []
+            for source in cond.values:
+                v = value_of(source, params)
+                k = None if missing(v) else loose(v)
+                if k is None:
+                    break
+                keys.append(k)
+            else:
+                return cond.column, "=", frozenset(keys)
     by_column: dict[str, list[tuple[str, Any]]] = {}
     for cond in conds:
         if cond.op == "=":
@@ -223,12 +258,47 @@ def _keyed(group: _Group, conds: Any, params: Any) -> list[Cell]:
             continue
         by_column.setdefault(cond.column, []).append((cond.op, v))
     for name, bounds in by_column.items():
-        key = tuple(sorted(bounds, key=repr))
-        column = group.columns.get(name)
+        return name, "range", tuple(sorted(bounds, key=repr))
+    return None
+
+
+def _joined(group: _Group, fp: Any, fps: dict[str, Any], params: Any) -> list[Cell]:
+    """A table with no condition of its own, joined to one that has: its rows
+    matter only through rows of the other table that meet the condition."""
+    for own, other, other_column in fp.joins:
+        target = fps.get(other)
+        found = _condition(target.conds, params) if target is not None else None
+        if found is None:
+            continue
+        column = group.columns.get(own)
         if column is None:
-            column = group.columns[name] = _Column()
-        cell = column.ranges.get(key)
+            column = group.columns[own] = _Column()
+        spec = (other, other_column, found)
+        cell = column.joins.get(spec)
         if cell is None:
-            cell = column.ranges[key] = Cell()
+            cell = column.joins[spec] = Cell()
         return [column.wild, cell]
     return [group.every]
+
+
+def _keyed(group: _Group, conds: Any, params: Any) -> list[Cell]:
+    """The cells of the first usable condition, or ``every``."""
+    found = _condition(conds, params)
+    if found is None:
+        return [group.every]
+    name, how, arg = found
+    column = group.columns.get(name)
+    if column is None:
+        column = group.columns[name] = _Column()
+    if how == "=":
+        cells = [column.wild]
+        for k in arg:
+            cell = column.eq.get(k)
+            if cell is None:
+                cell = column.eq[k] = Cell()
+            cells.append(cell)
+        return cells
+    cell = column.ranges.get(arg)
+    if cell is None:
+        cell = column.ranges[arg] = Cell()
+    return [column.wild, cell]

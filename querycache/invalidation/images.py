@@ -23,7 +23,16 @@ from typing import Any
 
 from querycache.analysis.footprints import Cond, WriteSpec
 
-__all__ = ["NULL", "Image", "bind_write", "in_range", "loose", "value_of"]
+__all__ = [
+    "NULL",
+    "Image",
+    "PendingKeys",
+    "bind_write",
+    "in_range",
+    "loose",
+    "merge_parts",
+    "value_of",
+]
 
 NULL = ("null",)
 _NUMERIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -190,3 +199,39 @@ def _images(spec: WriteSpec, params: Any) -> list[Image]:
         if new is not _MISSING:
             values[column] = [*vals, new]
     return [Image(values, spec.changed)]
+
+
+class PendingKeys:
+    """An insert's image whose database-generated primary key is known only
+    once SQLAlchemy has read it back (``lastrowid`` or ``RETURNING``): completed
+    at commit from the execution context's ``inserted_primary_key_rows``."""
+
+    __slots__ = ("columns", "ctx", "image")
+
+    def __init__(self, image: Image, ctx: Any, columns: tuple[str, ...]) -> None:
+        self.image, self.ctx, self.columns = image, ctx, columns
+
+    def complete(self) -> Image:
+        try:
+            rows = self.ctx.inserted_primary_key_rows
+        except Exception:
+            return self.image
+        values = dict(self.image.values)
+        for i, column in enumerate(self.columns):
+            got = [row[i] if row is not None and len(row) > i else None for row in rows or ()]
+            if not got or any(v is None for v in got):
+                return self.image  # not generated or not read back: unknown
+            values[column] = got
+        return Image(values, self.image.changed)
+
+
+def merge_parts(parts: list[Any]) -> Image | None:
+    """One table's images of a whole transaction (``None`` if any is unknown)."""
+    merged: Image | None = None
+    for part in parts:
+        if isinstance(part, PendingKeys):
+            part = part.complete()
+        if part is None:
+            return None
+        merged = part if merged is None else merged.merge(part)
+    return merged

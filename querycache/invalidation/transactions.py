@@ -34,7 +34,7 @@ class TxState:
 
     def __init__(self) -> None:
         self.written: set[str] = set()
-        #: per written table, what the writes touched (None: unknown rows)
+        #: per written table, each write's image (None: unknown rows)
         self.images: dict[str, Any] = {}
         self.ddl = False
         self.everything = False
