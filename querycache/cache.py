@@ -20,7 +20,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from querycache.analysis import Analysis, Analyzer
-from querycache.analysis.footprints import footprint_of
 from querycache.integration.catalog import Catalog, read_catalog
 from querycache.integration.engine import EngineBinding, attach
 from querycache.integration.orm import OrmFastPath
@@ -295,7 +294,11 @@ class QueryCache:
                         writes[t] = image
         else:
             self.stats.events["invalidate everything"] += 1
-        self.memory.invalidate(scope, writes)
+        dropped = self.memory.invalidate(scope, writes)
+        for t, n in dropped.items():
+            ts = self.stats.table(t)
+            ts.entries_dropped += n
+            ts.drop_share += min(1.0, n / max(1, self.memory.entries_of(scope, t)))
         if self.redis is not None:
             self.redis.bump(scope, tables, is_async)
 
@@ -346,10 +349,7 @@ class QueryCache:
             stats = self.stats.query(
                 analysis.fingerprint, analysis.fingerprint_id, analysis.tables_read
             )
-            footprint = None
-            if self.cells.precise and (analysis.cacheable or analysis.kind == "write"):
-                footprint = footprint_of(sql, dialect)
-            plan = Plan(analysis, stats, footprint)
+            plan = Plan(analysis, stats, analysis.footprint if self.cells.precise else None)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan

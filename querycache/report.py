@@ -58,12 +58,23 @@ class Report:
             )
             for reason, n in q["bypasses"].items():
                 out.append(f"  {'':>52}  bypassed {n}x: {reason}")
+            if q["writes_skipped"] or q["writes_dropping"]:
+                out.append(
+                    f"  {'':>52}  writes to its tables: {q['writes_dropping']} dropped "
+                    f"entries, {q['writes_skipped']} skipped (could not affect it)"
+                )
         if len(d["queries"]) > limit:
             out.append(f"  ... {len(d['queries']) - limit} more queries")
-        out += ["", f"  {'reads':>8} {'writes':>7} {'invalidations':>13}  table"]
+        out += [
+            "",
+            f"  {'reads':>8} {'writes':>7} {'invalidations':>13} {'dropped/inv':>11} "
+            f"{'share/inv':>9}  table",
+        ]
         for tb in d["tables"][:limit]:
+            per = tb["entries_dropped"] / tb["invalidations"] if tb["invalidations"] else 0.0
             out.append(
-                f"  {tb['reads']:>8} {tb['writes']:>7} {tb['invalidations']:>13}  {tb['table']}"
+                f"  {tb['reads']:>8} {tb['writes']:>7} {tb['invalidations']:>13} {per:>11.1f} "
+                f"{tb['mean_drop_share']:>9.1%}  {tb['table']}"
             )
         if d["recommendations"]:
             out += ["", "  recommendations:"]
@@ -115,6 +126,8 @@ def build_report(cache: QueryCache) -> Report:
                 "mean_db_ms": mean_db * 1000,
                 "time_saved_ms": hits * mean_db * 1000,
                 "bytes_held": max(qs.bytes_held, 0),
+                "writes_dropping": qs.writes_dropping,
+                "writes_skipped": qs.writes_skipped,
             }
         )
     queries.sort(key=lambda q: (-q["time_saved_ms"], -q["calls"]))
@@ -128,6 +141,10 @@ def build_report(cache: QueryCache) -> Report:
                 "reads": reads.get(name, 0),
                 "writes": ts.writes if ts else 0,
                 "invalidations": ts.invalidations if ts else 0,
+                "entries_dropped": ts.entries_dropped if ts else 0,
+                "mean_drop_share": (ts.drop_share / ts.invalidations)
+                if ts and ts.invalidations
+                else 0.0,
             }
         )
     tables.sort(key=lambda t: (-(t["reads"] + t["writes"]), t["table"]))

@@ -32,6 +32,8 @@ class QueryStats:
         "redis_hits",
         "stores",
         "tables",
+        "writes_dropping",
+        "writes_skipped",
     )
 
     def __init__(self, fingerprint: str, fingerprint_id: str, tables: frozenset[str]) -> None:
@@ -47,6 +49,10 @@ class QueryStats:
         self.bytes_held = 0
         self.bypasses: Counter[str] = Counter()
         self.not_stored: Counter[str] = Counter()
+        #: committed writes to its tables that dropped some of its entries /
+        #: that were judged not to affect any of them (row-precise invalidation)
+        self.writes_dropping = 0
+        self.writes_skipped = 0
 
     @property
     def hits(self) -> int:
@@ -58,13 +64,20 @@ class QueryStats:
 
 
 class TableStats:
-    """Writes seen and invalidations applied for one table."""
+    """Writes seen and invalidations applied for one table.
 
-    __slots__ = ("invalidations", "writes")
+    ``entries_dropped``: memory-tier entries the invalidations made unreachable;
+    ``drop_share``: the sum over invalidations of the share of the table's
+    entries each one dropped (divide by ``invalidations`` for the mean).
+    """
+
+    __slots__ = ("drop_share", "entries_dropped", "invalidations", "writes")
 
     def __init__(self) -> None:
         self.writes = 0
         self.invalidations = 0
+        self.entries_dropped = 0
+        self.drop_share = 0.0
 
 
 class Stats:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final
 
 from querycache.analysis.classify import Part, classify_keywords
 from querycache.analysis.fingerprint import fingerprint_id
+from querycache.analysis.footprints import footprint_of
 from querycache.analysis.model import ALL, Analysis, Written
 from querycache.analysis.placeholders import family_of, leading_words, split_statements
 from querycache.analysis.statement import Settings, analyze_parsed
@@ -231,7 +233,12 @@ class Analyzer:
 
     def _compute(self, sql: Any, dialect: Any, settings: Settings) -> Analysis:
         try:
-            return self._analyze(sql, dialect, settings)
+            analysis = self._analyze(sql, dialect, settings)
+            if analysis.cacheable or analysis.kind == "write":
+                footprint = footprint_of(sql, dialect)
+                if footprint is not None:
+                    analysis = replace(analysis, footprint=footprint)
+            return analysis
         except RecursionError:
             return _failure()
         except Exception:

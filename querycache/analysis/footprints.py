@@ -90,7 +90,7 @@ class TableFootprint:
     joins: tuple[tuple[str, str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ReadFootprint:
     """Per table name: its :class:`TableFootprint`. A table read but not
     listed depends on every row and every column."""
@@ -98,7 +98,7 @@ class ReadFootprint:
     tables: dict[str, TableFootprint]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class WriteSpec:
     """What one write statement tells about the rows of ``table``.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 Kind = Literal["read", "write", "ddl", "transaction", "other"]
 TransactionOp = Literal[
@@ -59,6 +59,13 @@ class Analysis:
     ``"transaction"``; ``session_state`` is true for statements that change
     connection settings that can alter later results (``SET``, ``PRAGMA x = y``,
     ``ATTACH``, ``set_config()``...).
+
+    ``footprint`` says which rows the statement can touch, for row-precise
+    invalidation: a :class:`~querycache.analysis.footprints.ReadFootprint`
+    for a cacheable read (per table, the conditions on its rows and the
+    columns it uses; a table not listed depends on every row), a
+    :class:`~querycache.analysis.footprints.WriteSpec` for a write, ``None``
+    when nothing can be pinned down (every row).
     """
 
     kind: Kind
@@ -70,3 +77,4 @@ class Analysis:
     reason: str | None
     transaction_op: TransactionOp | None = None
     session_state: bool = False
+    footprint: Any = None

@@ -230,7 +230,9 @@ class EngineBinding:
     def capture(self, plan: Any, params: Any) -> tuple[Any, ...]:
         """The validity cells a result of ``plan`` with ``params`` depends on,
         captured before the query runs (see :mod:`querycache.invalidation.cells`)."""
-        return self.memory.cells.capture(self.scope, plan.tables, plan.footprint, params)
+        return self.memory.cells.capture(
+            self.scope, plan.tables, plan.footprint, params, plan.stats
+        )
 
     def _serve_shared(self, ctx: Any, miss: Miss, entry: Entry) -> None:
         """A Redis hit: fill the memory tier, serve, wake this process's followers."""

@@ -36,6 +36,8 @@ from querycache.invalidation.images import Image, missing, value_of
 __all__ = ["PreImage", "fetch_preimage"]
 
 _MAX_ROWS = 1000
+#: leads every pre-image query, so that it is recognisable in the database's logs
+MARK = "/* querycache pre-image */ "
 _MARKER = re.compile(r"%\(qcp(\d+)\)s|:qcp(\d+)")
 
 
@@ -105,7 +107,7 @@ def data_version(ctx: Any) -> Any:
 def _render(spec: Any, columns: list[str], params: Any, style: str) -> tuple[str, Any]:
     """The pre-image query in the driver's paramstyle, with its parameters."""
     listed = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-    text = "SELECT " + listed + spec.fetch[len("SELECT *") :]
+    text = MARK + "SELECT " + listed + spec.fetch[len("SELECT *") :]
     pieces = _MARKER.split(text)
     out: list[str] = []
     values: list[Any] = []

@@ -40,13 +40,15 @@ _RANGED = frozenset({int, float, Decimal, str, dt.date, dt.datetime})
 
 
 class Cell:
-    """Alive until killed. ``keys``: memory-tier keys of entries holding it."""
+    """Alive until killed. ``keys``: memory-tier keys of entries holding it;
+    ``owner``: the counters of the first statement that depended on it."""
 
-    __slots__ = ("dead", "keys")
+    __slots__ = ("dead", "keys", "owner")
 
     def __init__(self) -> None:
         self.dead = False
         self.keys: set[Any] = set()
+        self.owner: Any = None
 
     def __repr__(self) -> str:
         return f"<Cell {'dead' if self.dead else 'alive'} {len(self.keys)} entries>"
@@ -65,11 +67,12 @@ class _Column:
 
 
 class _Group:
-    __slots__ = ("columns", "every")
+    __slots__ = ("columns", "every", "owners")
 
     def __init__(self) -> None:
         self.every = Cell()
         self.columns: dict[str, _Column] = {}
+        self.owners: set[Any] = set()  # counters of the statements using it
 
 
 class _Scope:
@@ -92,6 +95,7 @@ class CellRegistry:
         self.lock = threading.Lock()
         self._scopes: dict[str, _Scope] = {}
         self.dead: list[Cell] = []
+        self._killed: list[Cell] = []  # during one table's kill, for the report
 
     # -- readers ---------------------------------------------------------------
     def capture(
@@ -100,6 +104,7 @@ class CellRegistry:
         tables: tuple[str, ...],
         footprint: ReadFootprint | None = None,
         params: Any = None,
+        owner: Any = None,
     ) -> tuple[Cell, ...]:
         """The cells a result of this execution depends on (before its query)."""
         fps = footprint.tables if footprint is not None and self.precise else None
@@ -118,32 +123,41 @@ class CellRegistry:
                 if group is None:
                     group = groups[columns] = _Group()
                 if fp is None:
-                    cells.append(group.every)
+                    got = [group.every]
                 elif fp.conds:
-                    cells.extend(_keyed(group, fp.conds, params))
+                    got = _keyed(group, fp.conds, params)
                 else:
-                    cells.extend(_joined(group, fp, fps, params))  # type: ignore[arg-type]
+                    got = _joined(group, fp, fps, params)  # type: ignore[arg-type]
+                cells.extend(got)
+                if owner is not None:
+                    group.owners.add(owner)
+                    for cell in got:
+                        if cell.owner is None:
+                            cell.owner = owner
             return tuple(cells)
 
     # -- writers ---------------------------------------------------------------
-    def kill(self, scope: str, writes: dict[str, Image | None] | None) -> int:
+    def kill(self, scope: str, writes: dict[str, Image | None] | None) -> dict[str, int]:
         """Apply committed writes: per table its image (``None``: unknown rows);
-        ``writes=None``: anything in ``scope``. Returns how many cells died."""
+        ``writes=None``: anything in ``scope``. Returns, per table, how many
+        entries the write made unreachable (counting cells, not entries)."""
+        dropped: dict[str, int] = {}
         with self.lock:
             s = self._scopes.get(scope)
             if s is None:
-                return 0
+                return dropped
             if writes is None:
                 self._die(s.epoch)
                 s.epoch = Cell()
-                return 1
-            before = len(self.dead)
+                return dropped
             for table, image in writes.items():
                 groups = s.tables.get(table)
                 if groups:
                     image = image if self.precise else None
-                    self._kill_table(groups, image, scope.startswith("sqlite"), writes)
-            return len(self.dead) - before
+                    dropped[table] = self._kill_table(
+                        groups, image, scope.startswith("sqlite"), writes
+                    )
+        return dropped
 
     def kill_all(self) -> None:
         """Every scope's epoch: nothing captured before now can be stored."""
@@ -171,6 +185,19 @@ class CellRegistry:
         cell.dead = True
         if cell.keys:
             self.dead.append(cell)
+            self._killed.append(cell)
+
+    def _account(self, group: _Group, wide: bool) -> int:
+        """Count, per statement using ``group``, whether this write dropped
+        some of its entries (all of them if ``wide``: every or a wildcard)."""
+        killed, self._killed = self._killed, []
+        hit = {c.owner for c in killed}
+        for owner in group.owners:
+            if wide or owner in hit:
+                owner.writes_dropping += 1
+            else:
+                owner.writes_skipped += 1
+        return sum(len(c.keys) for c in killed)
 
     def _kill_table(
         self,
@@ -178,21 +205,28 @@ class CellRegistry:
         image: Image | None,
         sqlite: bool,
         writes: dict[str, Image | None],
-    ) -> None:
+    ) -> int:
         changed = image.changed if image is not None else None
+        dropped = 0
         for columns, group in groups.items():
             if changed is not None and columns is not None and columns.isdisjoint(changed):
-                continue  # the write changed no column these results use
+                for owner in group.owners:  # the write changed no column they use
+                    owner.writes_skipped += 1
+                continue
+            wide = bool(group.every.keys)
             self._die(group.every)
             group.every = Cell()
             for name in list(group.columns):
                 column = group.columns[name]
                 values = image.values.get(name) if image is not None else None
                 if values is None or not self._kill_values(column, values, sqlite):
+                    wide = wide or bool(column.wild.keys)
                     self._die(column.wild)  # every cell of the column with it
                     del group.columns[name]
                 elif column.joins:
                     self._kill_joins(column, values, sqlite, writes)
+            dropped += self._account(group, wide)
+        return dropped
 
     def _kill_joins(
         self, column: _Column, values: list[Any], sqlite: bool, writes: dict[str, Image | None]

@@ -18,6 +18,7 @@ class Entry:
 
     __slots__ = (
         "cells",
+        "deps",
         "description",
         "expires",
         "key",
@@ -41,6 +42,7 @@ class Entry:
         self.size = size
         self.expires = 0.0
         self.cells: tuple[Any, ...] = ()
+        self.deps: tuple[tuple[str, str], ...] = ()  # (scope, table) it read
         self.key: Any = None
         self.stats: Any = None
         # rows hold dicts or lists (JSON, arrays): each hit gets its own copies

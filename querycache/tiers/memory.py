@@ -34,6 +34,8 @@ class MemoryTier:
         self.cells = cells
         self.lock = threading.RLock()
         self._data: OrderedDict[Any, Entry] = OrderedDict()
+        self._deps: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = {}
+        self._counts: dict[tuple[str, str], int] = {}  # entries per (scope, table)
         self.bytes = 0
         self.evictions = 0
         self.expirations = 0
@@ -84,6 +86,11 @@ class MemoryTier:
         size = entry.size
         if size > self.max_entry_bytes or size > self.max_bytes:
             return False
+        deps = self._deps.get((scope, tables))
+        if deps is None:
+            if len(self._deps) >= 10_000:
+                self._deps.clear()
+            deps = self._deps[scope, tables] = tuple((scope, t) for t in tables)
         with self.lock:
             if self.suspended:
                 return False
@@ -99,6 +106,10 @@ class MemoryTier:
                 self.evictions += 1
             entry.key = key
             entry.cells = snapshot
+            entry.deps = deps
+            counts = self._counts
+            for dep in deps:
+                counts[dep] = counts.get(dep, 0) + 1
             entry.expires = _monotonic() + ttl
             self._data[key] = entry
             self.bytes += size
@@ -117,6 +128,13 @@ class MemoryTier:
             entry.stats.bytes_held -= entry.size
         for cell in entry.cells:
             cell.keys.discard(key)
+        counts = self._counts
+        for dep in entry.deps:
+            counts[dep] -= 1
+
+    def entries_of(self, scope: str, table: str) -> int:
+        """How many entries (live or not yet reclaimed) read ``table``."""
+        return self._counts.get((scope, table), 0)
 
     def _reclaim(self, budget: int) -> int:
         """Remove up to about ``budget`` entries of dead cells (under the lock)."""
@@ -134,11 +152,13 @@ class MemoryTier:
                 cell.keys.clear()
         return removed
 
-    def invalidate(self, scope: str, writes: dict[str, Any] | frozenset[str] | None) -> int:
+    def invalidate(
+        self, scope: str, writes: dict[str, Any] | frozenset[str] | None
+    ) -> dict[str, int]:
         """Kill the cells ``writes`` may touch: per table its
         :class:`~querycache.invalidation.images.Image` or ``None`` (unknown
         rows); a set of table names (all unknown); ``None``: all of ``scope``.
-        Returns how many cells died; their entries are unreachable at once."""
+        Returns, per table, how many entries became unreachable (at once)."""
         if writes is not None and not isinstance(writes, dict):
             writes = dict.fromkeys(writes)
         killed = self.cells.kill(scope, writes)
@@ -159,6 +179,7 @@ class MemoryTier:
                 for cell in entry.cells:
                     cell.keys.clear()
             self._data.clear()
+            self._counts.clear()
             self.bytes = 0
 
     def suspend(self) -> None:
