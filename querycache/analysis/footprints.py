@@ -33,6 +33,7 @@ import sqlglot
 from sqlglot import exp
 
 from querycache.analysis.placeholders import _compiled, family_of
+from querycache.analysis.statement import _quiet
 
 __all__ = ["Cond", "ReadFootprint", "TableFootprint", "WriteSpec", "footprint_of"]
 
@@ -127,10 +128,13 @@ class WriteSpec:
 def footprint_of(sql: str, dialect: str) -> ReadFootprint | WriteSpec | None:
     """The footprint (reads) or write spec (writes) of ``sql``, ``None`` when
     nothing can be pinned down. Memoized; never raises."""
+    _quiet.on = True  # sqlglot's parser fallbacks are not the user's business
     try:
         return _footprint(sql, dialect)
     except Exception:
         return None
+    finally:
+        _quiet.on = False
 
 
 @lru_cache(maxsize=8192)

@@ -7,7 +7,7 @@ The cells a result needs are **captured before** its query runs and checked
 again when it is stored; a writer kills cells only **after** its commit. So a
 result read before a commit can never be stored after it, and killing a cell
 makes all its entries unreachable at once, however many there are: the
-memory tier reclaims their bytes lazily (:meth:`CellRegistry.drain`).
+memory tier reclaims their bytes lazily (``CellRegistry.dead``).
 
 Per scope and table, the cells form groups keyed by the *columns* the
 reading statements reference (an ``UPDATE`` that sets none of a group's
@@ -95,6 +95,9 @@ class CellRegistry:
         self.lock = threading.Lock()
         self._scopes: dict[str, _Scope] = {}
         self.dead: list[Cell] = []
+        #: dicts of cells dropped by a kill, emptied a batch at a time later (so
+        #: that a commit does not pay for freeing a column's 200,000 cells)
+        self.graveyard: list[dict[Any, Cell]] = []
         self._killed: list[Cell] = []  # during one table's kill, for the report
 
     # -- readers ---------------------------------------------------------------
@@ -175,11 +178,17 @@ class CellRegistry:
         with self.lock:
             return sorted({c for g in groups.values() for c in g.columns})
 
-    def drain(self, budget: int) -> list[Cell]:
-        """Up to ``budget`` dead cells whose entries are still to be reclaimed."""
-        with self.lock:
-            taken, self.dead = self.dead[:budget], self.dead[budget:]
-            return taken
+    def bury(self, budget: int) -> None:
+        """Free up to ``budget`` cells of dropped columns."""
+        graveyard = self.graveyard
+        while budget > 0 and graveyard:
+            d = graveyard[-1]
+            n = min(budget, len(d))
+            for _ in range(n):
+                d.popitem()
+            budget -= n
+            if not d:
+                graveyard.pop()
 
     def _die(self, cell: Cell) -> None:
         cell.dead = True
@@ -223,6 +232,8 @@ class CellRegistry:
                     wide = wide or bool(column.wild.keys)
                     self._die(column.wild)  # every cell of the column with it
                     del group.columns[name]
+                    if len(column.eq) > 64:
+                        self.graveyard.append(column.eq)
                 elif column.joins:
                     self._kill_joins(column, values, sqlite, writes)
             dropped += self._account(group, wide)

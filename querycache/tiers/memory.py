@@ -117,7 +117,7 @@ class MemoryTier:
                 entry.stats.bytes_held += size
             for cell in snapshot:
                 cell.keys.add(key)
-            if self.cells.dead:
+            if self.cells.dead or self.cells.graveyard:
                 self._reclaim(16)
         return True
 
@@ -137,19 +137,22 @@ class MemoryTier:
         return self._counts.get((scope, table), 0)
 
     def _reclaim(self, budget: int) -> int:
-        """Remove up to about ``budget`` entries of dead cells (under the lock)."""
+        """Remove up to ``budget`` entries of dead cells (under the lock)."""
         removed = 0
-        while removed < budget:
-            cells = self.cells.drain(8)
-            if not cells:
-                break
-            for cell in cells:
-                for key in list(cell.keys):
-                    entry = self._data.get(key)
-                    if entry is not None and cell in entry.cells:
-                        self._remove(key)
-                        removed += 1
-                cell.keys.clear()
+        dead = self.cells.dead
+        while removed < budget and dead:
+            cell = dead.pop()
+            keys = cell.keys
+            while keys and removed < budget:
+                key = keys.pop()
+                entry = self._data.get(key)
+                if entry is not None and cell in entry.cells:
+                    self._remove(key)
+                    removed += 1
+            if keys:
+                dead.append(cell)
+        if self.cells.graveyard:
+            self.cells.bury(budget * 4)
         return removed
 
     def invalidate(
@@ -162,7 +165,7 @@ class MemoryTier:
         if writes is not None and not isinstance(writes, dict):
             writes = dict.fromkeys(writes)
         killed = self.cells.kill(scope, writes)
-        if self.cells.dead:
+        if self.cells.dead or self.cells.graveyard:
             with self.lock:
                 self._reclaim(64)
         return killed
@@ -171,7 +174,7 @@ class MemoryTier:
         """Drop everything and advance every version."""
         with self.lock:
             self.cells.kill_all()
-            self.cells.drain(1 << 62)
+            self.cells.dead.clear()
             for entry in self._data.values():
                 if entry.stats is not None:
                     entry.stats.bytes_held -= entry.size
