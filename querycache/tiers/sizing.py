@@ -47,16 +47,21 @@ IMMUTABLE = frozenset(
 )
 
 
+#: immutable driver types, by qualified name (their modules need not be imported)
+_DRIVER_IMMUTABLE = frozenset({"asyncpg.pgproto.pgproto.UUID"})
+
+
 def frozen(v: Any) -> bool:
     """Whether ``v`` is provably immutable (so a hit may share it): values of
-    :data:`IMMUTABLE` types, enum members (singletons on every path), and
-    tuples and frozensets of such. Everything else counts as mutable."""
+    :data:`IMMUTABLE` types and known immutable driver types, enum members
+    (singletons on every path), and tuples and frozensets of such. Everything
+    else counts as mutable."""
     t = type(v)
     if t in IMMUTABLE:
         return True
     if t is tuple or t is frozenset:
         return all(frozen(x) for x in v)
-    return isinstance(v, enum.Enum)
+    return isinstance(v, enum.Enum) or f"{t.__module__}.{t.__qualname__}" in _DRIVER_IMMUTABLE
 
 
 def _shareable(v: Any) -> bool:
@@ -77,7 +82,7 @@ def _shareable(v: Any) -> bool:
         return False
     if t is tuple or t is frozenset:
         return all([_shareable(x) for x in v])  # every item checked
-    if isinstance(v, enum.Enum):
+    if frozen(v):
         return True
     try:
         copy.deepcopy(v)
