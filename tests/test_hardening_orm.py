@@ -614,3 +614,36 @@ def test_hits_hand_out_values_of_their_own(dbs: Dbs) -> None:
     plain_engine.dispose()
     counter.close()
     cache.close()
+
+
+def test_async_hits_hand_out_values_of_their_own(dbs: Dbs) -> None:
+    url = dbs.new("async_values")
+    setup = create_engine(url)
+    HBase.metadata.create_all(setup)
+    with Session(setup) as s:
+        s.add_all(Doc(**copy.deepcopy(r)) for r in DOC_ROWS)
+        s.commit()
+    setup.dispose()
+
+    async def run(cached: bool) -> list[str]:
+        cache = QueryCache()
+        engine = create_async_engine(async_url(url))
+        maker = (cache.async_sessionmaker if cached else async_sessionmaker)(bind=engine)
+        seen = []
+        for _ in range(3):
+            async with maker() as s:
+                docs = (await s.execute(select(Doc).order_by(Doc.id))).scalars().all()
+                cols = (await s.execute(select(Doc.tags, Doc.data, Doc.nums))).all()
+                values = [[d.tags, d.blob, d.data, d.nums] for d in docs] + [list(r) for r in cols]
+                seen.append(repr(values))
+                for row in values:
+                    for v in row:
+                        deep_mutate(v)
+                await s.rollback()
+        await engine.dispose()
+        cache.close()
+        return seen
+
+    truth = asyncio.run(run(False))
+    assert len(set(truth)) == 1
+    assert asyncio.run(run(True)) == truth
