@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.result import IteratorResult
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_dict, instance_state
-from sqlalchemy.orm.context import _MapperEntity, _ORMColumnEntity, _RawColumnEntity
+from sqlalchemy.orm.session import SessionTransactionState, _SessionCloseState
 
+from querycache.integration.orm_plan import UNSUPPORTED, OrmPlan, plan_for
 from querycache.invalidation.transactions import STATE_KEY
 from querycache.keys import exact
 from querycache.tiers.base import Entry, thaw
-from querycache.tiers.sizing import getsizeof, value_size
 
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["Capture", "OrmFastPath"]
 
 CAPTURE_OPTION = "_querycache_capture"
-_UNSUPPORTED = object()
+_ACTIVE = SessionTransactionState.ACTIVE
+_CLOSED = _SessionCloseState.CLOSED
 
 
 class Capture:
@@ -57,166 +58,6 @@ class Capture:
         self.entry: Entry | None = None
         self.storable = False
         self.executions = 0
-
-
-class _Entity:
-    __slots__ = ("attr_keys", "identity_class", "manager", "pk_index", "value_index")
-
-    def __init__(
-        self,
-        mapper: Mapper[Any],
-        attr_keys: tuple[str, ...],
-        value_index: tuple[int, ...],
-        pk_index: tuple[int, ...],
-    ) -> None:
-        self.identity_class = mapper._identity_class
-        self.manager = mapper.class_manager
-        self.attr_keys = attr_keys
-        self.value_index = value_index
-        self.pk_index = pk_index
-
-
-class OrmPlan:
-    """How to turn raw rows of one compiled ORM statement into entry rows."""
-
-    __slots__ = (
-        "attributes",
-        "columns_only",
-        "key_set",
-        "metadata",
-        "processors",
-        "qs",
-        "scope",
-        "slots",
-        "tables",
-    )
-
-    def __init__(
-        self,
-        slots: list[Any],
-        processors: list[Any],
-        result: Any,
-        tables: tuple[str, ...],
-        scope: str,
-        qs: Any,
-    ) -> None:
-        self.slots = slots
-        self.processors = processors
-        # the miss's own metadata: rows of a hit answer to entities and columns
-        # (row._mapping[User], .columns(User.id)) exactly as the ORM's do
-        self.metadata = result._metadata
-        self.attributes = result._attributes
-        self.tables = tables
-        self.scope = scope
-        self.qs = qs
-        self.key_set = [frozenset(s.attr_keys) if isinstance(s, _Entity) else None for s in slots]
-        #: no entities: an entry's rows are the result's rows as they are
-        self.columns_only = all(type(s) is int for s in slots)
-
-    def convert(self, raw_rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int, bool]:
-        """Entry rows, the bytes they add (values shared with the raw rows are
-        already counted there), and whether any value is mutable."""
-        procs = self.processors
-        converted = [i for i, p in enumerate(procs) if p is not None]
-        out = []
-        size = getsizeof(out)
-        mutable = False
-        for raw in raw_rows:
-            row = [p(v) if p is not None else v for p, v in zip(procs, raw)]
-            for i in converted:
-                size += value_size(row[i])
-            for v in row:
-                if type(v) is dict or type(v) is list:
-                    mutable = True
-            item: list[Any] = []
-            for slot in self.slots:
-                if type(slot) is int:
-                    item.append(row[slot])
-                    continue
-                pk = tuple([row[i] for i in slot.pk_index])
-                if None in pk:
-                    item.append(None)
-                else:
-                    values = tuple([row[i] for i in slot.value_index])
-                    item.append((pk, values))
-                    size += 56 + getsizeof(pk) + getsizeof(values)
-            t = tuple(item)
-            size += getsizeof(t)
-            out.append(t)
-        return out, size + 8 * len(out), mutable
-
-
-def _plan_for(
-    ctx: Any, qs: Any, tables: tuple[str, ...], scope: str, result: Any
-) -> OrmPlan | object:
-    keys = list(result.keys())
-    compiled = ctx.compiled
-    state = getattr(compiled, "compile_state", None)
-    entities = getattr(state, "_entities", None)
-    if (
-        not entities
-        or getattr(state, "eager_joins", None)
-        or getattr(state, "multi_row_eager_loaders", False)
-    ):
-        return _UNSUPPORTED
-    description = ctx.cursor.description
-    result_columns = compiled._result_columns
-    if description is None or len(description) != len(result_columns):
-        return _UNSUPPORTED
-    index: dict[Any, int] = {}
-    processors = []
-    for i, rc in enumerate(result_columns):
-        for obj in rc.objects:
-            index.setdefault(obj, i)
-        processors.append(ctx.get_result_processor(rc.type, rc.keyname, description[i][1]))
-    slots: list[Any] = []
-    for ent in entities:
-        kind = type(ent)
-        if kind is _MapperEntity:
-            mapper = ent.mapper
-            if (
-                ent.is_aliased_class
-                or mapper.inherits is not None
-                or mapper.polymorphic_on is not None
-                or ent._with_polymorphic_mappers
-                or mapper.class_manager.dispatch.load
-                or mapper.class_manager.dispatch.refresh
-            ):
-                return _UNSUPPORTED
-            for rel in mapper.relationships:
-                if rel.lazy not in (
-                    "select",
-                    True,
-                    "noload",
-                    "raise",
-                    "raise_on_sql",
-                    "write_only",
-                    "dynamic",
-                ):
-                    return _UNSUPPORTED
-            attr_keys, value_index = [], []
-            for prop in mapper.column_attrs:
-                if prop.deferred:
-                    continue
-                if len(prop.columns) != 1 or (i := index.get(prop.columns[0])) is None:
-                    return _UNSUPPORTED
-                attr_keys.append(prop.key)
-                value_index.append(i)
-            pk_index = []
-            for col in mapper.primary_key:
-                if (i := index.get(col)) is None:
-                    return _UNSUPPORTED
-                pk_index.append(i)
-            slots.append(_Entity(mapper, tuple(attr_keys), tuple(value_index), tuple(pk_index)))
-        elif kind is _ORMColumnEntity or kind is _RawColumnEntity:
-            if (i := index.get(ent.column)) is None:
-                return _UNSUPPORTED
-            slots.append(i)
-        else:
-            return _UNSUPPORTED
-    if len(keys) != len(slots):
-        return _UNSUPPORTED
-    return OrmPlan(slots, processors, result, tables, scope, qs)
 
 
 class OrmFastPath:
@@ -234,20 +75,28 @@ class OrmFastPath:
         if not state.is_select or state.is_column_load or state.is_relationship_load:
             return None
         try:
-            return self._execute(state)
+            found = self._execute(state)
         except Exception as exc:
             self.cache.failed("orm fast path", exc)
             return None
+        if type(found) is tuple:  # a miss: database errors reach the caller as they are
+            return self._miss(state, *found)
+        return found
 
     def _execute(self, state: Any) -> Any:
+        """A hit's result, None (step aside) or the arguments of :meth:`_miss`."""
         stmt = state.statement
         if stmt._with_options or stmt._propagate_attrs.get("compile_state_plugin") != "orm":
+            return None
+        # hooks after ours (tenant criteria, sharding...) would not run on a hit
+        if len(state._events_todo) > state._starting_event_idx + 1:
             return None
         load_options = state.load_options
         if (
             load_options._populate_existing
             or load_options._yield_per
             or (load_options._refresh_state is not None)
+            or (load_options._identity_token is not None)
         ):
             return None
         opts = state.execution_options
@@ -255,6 +104,7 @@ class OrmFastPath:
             opts.get("querycache", True) is not True
             or opts.get("yield_per")
             or opts.get("stream_results")
+            or opts.get("identity_token") is not None
         ):
             return None
         session: Session = state.session
@@ -266,57 +116,72 @@ class OrmFastPath:
             return None  # the normal path flushes first; writes make reads bypass
         if session.dispatch.loaded_as_persistent:
             return None
-        binding = self._binding_for(session, state)
-        if binding is None:
+        found = self._binding_for(session, state)
+        if found is None:
+            return None
+        binding, bind = found
+        ident = binding.ident  # the one place the engine identity enters ORM keys
+        if ident is None:
             return None
         ck = stmt._generate_cache_key()
         if ck is None:
             return None
         params = state.parameters
+        # statement, execute() and session options: SQLAlchemy renders the
+        # schema names at execution time, not in its cache key
+        schemas = opts.get("schema_translate_map")
         try:
+            if schemas is not None:
+                schemas = tuple(schemas.items())
             key = (
                 "orm",
-                binding.ident,
+                ident,
                 ck.key,
                 tuple([exact(b.effective_value) for b in ck.bindparams]),
                 tuple(sorted((k, exact(v)) for k, v in params.items())) if params else (),
+                schemas,
             )
             entry = self.cache.memory.get(key)  # hashes ck.key: once per execution
         except TypeError:  # Opaque or unhashable: the normal path keys DBAPI values
             return None
         if entry is not None:
+            if not _ready(session, bind):
+                return None  # the normal path raises, or runs hooks on connecting
             plan: OrmPlan = entry.description  # the plan rides in the description slot
             plan.qs.memory_hits += 1
-            rows = thaw(entry.rows) if entry.mutable else entry.rows
+            # a mutable entry keeps raw rows: the processors run again, as normally
+            rows = plan.build(thaw(entry.rows)) if entry.mutable else entry.rows
             result = IteratorResult(plan.metadata, iter(self._materialize(session, plan, rows)))
             result._attributes = plan.attributes
             return result
         # plans hold an engine's scope and result processors: one per engine
-        plan_key = (binding.ident, ck.key)
-        if self.plans.get(plan_key) is _UNSUPPORTED:
+        plan_key = (ident, ck.key, schemas)
+        if self.plans.get(plan_key) is UNSUPPORTED:
             return None
-        return self._miss(state, key, plan_key, binding, opts)
+        return (key, plan_key, binding, opts)
 
-    def _binding_for(self, session: Session, state: Any) -> EngineBinding | None:
-        """The binding this statement would run on, if nothing rules a hit out."""
-        arguments = state.bind_arguments
-        bind = arguments.get("bind")
-        if bind is None:
-            bind = session.bind if not session.binds else session.get_bind(**arguments)
+    def _binding_for(self, session: Session, state: Any) -> tuple[EngineBinding, Any] | None:
+        """The binding and bind this statement would run on (the session's
+        ``get_bind()``, as the normal path calls it: routing sessions, ``binds``,
+        ``bind_arguments``), if nothing rules a hit out."""
+        try:
+            bind = session.get_bind(**state.bind_arguments)
+        except Exception:
+            return None  # the normal path raises the same
         binding = self.cache._bindings.get(id(getattr(bind, "dialect", None)))
         if binding is None or not binding.fast_ok:
-            return None
+            return None  # an engine this cache does not wrap
         # options of an OptionEngine or a Connection bind apply below us
-        if getattr(bind, "_execution_options", None) and not binding.plain_options(
-            bind._execution_options  # type: ignore[union-attr]
+        bind_opts = getattr(bind, "_execution_options", None)
+        if bind_opts and (
+            not binding.plain_options(bind_opts) or "schema_translate_map" in bind_opts
         ):
-            return None
-        if "schema_translate_map" in (getattr(bind, "_execution_options", None) or ()):
             return None
         connections = [bind] if isinstance(bind, Connection) else []
         tx = session._transaction
-        if tx is not None:
+        while tx is not None:  # a savepoint's enclosing transactions too
             connections += [entry[0] for entry in tx._connections.values()]
+            tx = tx._parent
         for conn in connections:
             fairy = conn._dbapi_connection
             if fairy is not None and STATE_KEY in fairy.info:
@@ -326,35 +191,50 @@ class OrmFastPath:
                 not binding.plain_options(conn_opts) or "schema_translate_map" in conn_opts
             ):
                 return None
-        return binding
+        return binding, bind
 
     def _miss(self, state: Any, key: Any, plan_key: Any, binding: EngineBinding, opts: Any) -> Any:
         capture = Capture()
-        memory = self.cache.memory
         result = state.invoke_statement(execution_options={CAPTURE_OPTION: capture})
+        try:  # the statement ran: nothing below may make the normal path run it again
+            self._store(capture, result, key, plan_key, binding, opts)
+        except Exception as exc:
+            self.cache.failed("orm store", exc)
+        return result
+
+    def _store(
+        self, capture: Capture, result: Any, key: Any, plan_key: Any, binding: Any, opts: Any
+    ) -> None:
         ctx = capture.ctx
         if capture.executions != 1 or ctx is None or capture.entry is None:
             if capture.executions > 1:
-                self.plans[plan_key] = _UNSUPPORTED
-            return result
+                self.plans[plan_key] = UNSUPPORTED
+            return
+        if ctx._qc is not binding:
+            return  # the session routed the execution elsewhere than get_bind() said
         plan = self.plans.get(plan_key)
         if plan is None:
             dbapi_plan = self.cache.plan(ctx.statement, binding.dialect_name)
-            plan = _plan_for(ctx, dbapi_plan.stats, dbapi_plan.tables, binding.scope, result)
+            plan = plan_for(ctx, dbapi_plan.stats, dbapi_plan.tables, binding.scope, result)
             self.plans[plan_key] = plan
-        if plan is _UNSUPPORTED or not capture.storable:
-            return result
+        if plan is UNSUPPORTED or not capture.storable:
+            return
         assert isinstance(plan, OrmPlan)
-        rows, size, mutable = plan.convert(capture.entry.rows)
-        entry = Entry(plan, rows, -1, size + 200)  # type: ignore[arg-type]
+        raw = capture.entry
+        rows, size, mutable = plan.convert(raw.rows)
+        if mutable or raw.mutable:
+            # hits rebuild from (copies of) the raw rows: every value their own
+            entry = Entry(plan, raw.rows, -1, raw.size + 200)  # type: ignore[arg-type]
+            entry.mutable = True
+        else:
+            entry = Entry(plan, rows, -1, size + 200)  # type: ignore[arg-type]
         entry.stats = plan.qs
-        entry.mutable = mutable
+        memory = self.cache.memory
         if entry.size <= memory.max_entry_bytes:
             ttl = opts.get("querycache_ttl") or self.cache.ttl
             # the DBAPI level read the versions before the database: the same
             # check-at-store rule applies to this second form of its result
             memory.put(key, entry, plan.scope, plan.tables, capture.snapshot, ttl)
-        return result
 
     # -- building objects -----------------------------------------------------------
     @staticmethod
@@ -398,3 +278,30 @@ class OrmFastPath:
                 item.append(obj)
             out.append(tuple(item))
         return out
+
+
+def _ready(session: Session, bind: Any) -> bool:
+    """Whether the normal path would reach ``bind``'s connection without
+    raising and without running a hook: the checks ``Session._connection_for_bind``
+    makes, without a clock or I/O. Autobegins as the normal path does."""
+    ctx = session._trans_context_manager
+    if ctx is not None and not ctx._transaction_is_active():
+        return False  # "Can't operate on closed transaction inside context manager"
+    tx = session._transaction
+    if tx is None:
+        if not session.autobegin or session._close_state is _CLOSED:
+            return False  # InvalidRequestError on the normal path
+        tx = session._autobegin_t()  # after_transaction_create fires, as normally
+    elif tx._state is not _ACTIVE:
+        return False  # PendingRollbackError, IllegalStateChangeError...
+    if bind not in tx._connections:
+        # connecting would run after_begin hooks (SET ROLE, search_path...), or
+        # join a Connection bind; a savepoint's parents must be usable too
+        if session.dispatch.after_begin or isinstance(bind, Connection):
+            return False
+        parent = tx._parent
+        while parent is not None:
+            if parent._state is not _ACTIVE:
+                return False
+            parent = parent._parent
+    return True

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+from querycache.tiers.sizing import IMMUTABLE, frozen
 
 __all__ = ["Entry", "thaw"]
 
@@ -45,21 +48,29 @@ class Entry:
         self.deps: tuple[tuple[str, str], ...] = ()  # (scope, table) it read
         self.key: Any = None
         self.stats: Any = None
-        # rows hold dicts or lists (JSON, arrays): each hit gets its own copies
+        # rows hold values not provably immutable (JSON, arrays, driver
+        # objects): each hit gets its own copies
         self.mutable = False
 
 
 def _copy(v: Any) -> Any:
     t = type(v)
+    if t in IMMUTABLE:
+        return v
     if t is dict:
-        return {k: _copy(x) for k, x in v.items()}
+        return {_copy(k): _copy(x) for k, x in v.items()}
     if t is list:
         return [_copy(x) for x in v]
     if t is tuple:
         return tuple([_copy(x) for x in v])
-    return v
+    if frozen(v):  # enum members, frozensets of immutables
+        return v
+    if t is set:
+        return {_copy(x) for x in v}
+    return copy.deepcopy(v)  # anything else: measure() checked that it copies
 
 
 def thaw(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows whose dicts and lists are fresh copies, safe to hand to a caller."""
+    """Rows whose values that are not provably immutable (dicts, lists, sets,
+    driver objects...) are fresh copies, safe to hand to a caller."""
     return [_copy(row) for row in rows]

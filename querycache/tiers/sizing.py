@@ -8,6 +8,11 @@ rows and scaled, which keeps the miss path linear in columns, not cells.
 
 from __future__ import annotations
 
+import copy
+import datetime
+import decimal
+import enum
+import ipaddress
 import sys
 import uuid
 from typing import Any
@@ -15,6 +20,75 @@ from typing import Any
 getsizeof = _getsizeof = sys.getsizeof
 _SAMPLE = 64
 _FREE = (type(None), bool)
+
+#: types whose values nobody can change: handed to every hit as they are
+IMMUTABLE = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        decimal.Decimal,
+        uuid.UUID,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        ipaddress.IPv4Address,
+        ipaddress.IPv6Address,
+        ipaddress.IPv4Network,
+        ipaddress.IPv6Network,
+        ipaddress.IPv4Interface,
+        ipaddress.IPv6Interface,
+    }
+)
+
+
+#: immutable driver types, by qualified name (their modules need not be imported)
+_DRIVER_IMMUTABLE = frozenset({"asyncpg.pgproto.pgproto.UUID"})
+
+
+def frozen(v: Any) -> bool:
+    """Whether ``v`` is provably immutable (so a hit may share it): values of
+    :data:`IMMUTABLE` types and known immutable driver types, enum members
+    (singletons on every path), and tuples and frozensets of such. Everything
+    else counts as mutable."""
+    t = type(v)
+    if t in IMMUTABLE:
+        return True
+    if t is tuple or t is frozenset:
+        return all(frozen(x) for x in v)
+    return isinstance(v, enum.Enum) or f"{t.__module__}.{t.__qualname__}" in _DRIVER_IMMUTABLE
+
+
+def _shareable(v: Any) -> bool:
+    """:func:`frozen`, checking on the way that a value which is not can be
+    copied (a hit copies it); ``TypeError`` if it cannot: such a result must
+    not be stored."""
+    t = type(v)
+    if t in IMMUTABLE:
+        return True
+    if t is dict:
+        for k, x in v.items():
+            _shareable(k)
+            _shareable(x)
+        return False
+    if t is list or t is set:
+        for x in v:
+            _shareable(x)
+        return False
+    if t is tuple or t is frozenset:
+        return all([_shareable(x) for x in v])  # every item checked
+    if frozen(v):
+        return True
+    try:
+        copy.deepcopy(v)
+    except Exception as exc:
+        raise TypeError(f"a {t.__name__} value that cannot be copied") from exc
+    return False
 
 
 def value_size(v: Any) -> int:
@@ -36,8 +110,10 @@ def value_size(v: Any) -> int:
 
 
 def measure(rows: list[tuple[Any, ...]]) -> tuple[int, bool]:
-    """``(rows_size(rows), whether any value is a dict or a list)``, in one
-    pass over small results."""
+    """``(rows_size(rows), whether any value may be mutable)``, in one pass
+    over small results. "Mutable" is anything not :func:`frozen` (a hit then
+    hands out copies, :func:`~querycache.tiers.base.thaw`); ``TypeError`` when
+    a value could not be copied (the result must not be stored)."""
     if len(rows) > _SAMPLE:
         return rows_size(rows), has_mutable(rows)
     part = _getsizeof(rows)
@@ -45,21 +121,20 @@ def measure(rows: list[tuple[Any, ...]]) -> tuple[int, bool]:
     for row in rows:
         part += _getsizeof(row)
         for v in row:
-            t = type(v)
-            if t is dict or t is list:
+            if type(v) not in IMMUTABLE and not _shareable(v):
                 mutable = True
             part += value_size(v)
     return part, mutable
 
 
 def has_mutable(rows: list[tuple[Any, ...]]) -> bool:
-    """Whether any value in ``rows`` is a dict or a list."""
+    """Whether any value in ``rows`` may be mutable (see :func:`measure`)."""
+    mutable = False
     for row in rows:
         for v in row:
-            t = type(v)
-            if t is dict or t is list:
-                return True
-    return False
+            if type(v) not in IMMUTABLE and not _shareable(v):
+                mutable = True
+    return mutable
 
 
 def rows_size(rows: list[tuple[Any, ...]]) -> int:
