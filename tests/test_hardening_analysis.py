@@ -207,6 +207,8 @@ _PG_WRITERS = [
     "CREATE TABLE dflt (id int, n int DEFAULT outer_bump())",
     "CREATE DOMAIN bumped AS int DEFAULT deep_bump()",
     "CREATE TABLE dom (id int, n bumped)",
+    'CREATE VIEW bumping AS SELECT "Bump"() AS n',
+    "CREATE VIEW bumping_too AS SELECT n FROM bumping",
 ]
 _PG_WRITES = [
     'SELECT "Bump"()',
@@ -217,6 +219,8 @@ _PG_WRITES = [
     "INSERT INTO src (id) VALUES (1)",
     "INSERT INTO dflt (id) VALUES (1)",
     "INSERT INTO dom (id) VALUES (1)",
+    "SELECT n FROM bumping",  # reading a view runs its functions
+    "SELECT n FROM bumping_too",
 ]
 
 

@@ -13,6 +13,8 @@ cache:
   actions and trigger bodies, transitively);
 * ``writes_everything``: tables whose triggers write what we cannot tell;
 * ``writer_functions``: function name → tables it may write (``None``: any);
+* ``writer_views``: the same for views whose definition calls such a function
+  (reading the view runs it);
 * ``uncacheable``: relations whose reads are never cached: sequences, and
   views whose definition would not be cacheable as a query of its own (a
   volatile or unknown function hides inside).
@@ -147,7 +149,9 @@ class Catalog:
     known: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    writer_views: dict[str, set[str] | None] = field(default_factory=dict)
     _function_pattern: re.Pattern[str] | None = None
+    _view_pattern: re.Pattern[str] | None = None
 
     def has_news(self, names: frozenset[str]) -> bool:
         """True (once per name) when ``names`` holds a relation this catalog has
@@ -181,20 +185,29 @@ class Catalog:
         return frozenset(out)
 
     def functions_written(self, sql: str) -> tuple[bool, frozenset[str] | None]:
-        """Whether ``sql`` calls a writing function, and what it may write."""
+        """Whether ``sql`` calls a writing function (or reads a view that does),
+        and what it may write."""
         if not self.writer_functions:
             return False, frozenset()
         if self._function_pattern is None:
             self._function_pattern = call_pattern(self.writer_functions)
+            names = "|".join(re.escape(n) for n in sorted(self.writer_views, key=len)[::-1])
+            if names:
+                self._view_pattern = re.compile(
+                    rf'(?<![\w$])"?({names})"?(?![\w$"])', re.IGNORECASE
+                )
+        found: list[tuple[str, dict[str, set[str] | None]]] = [
+            (n, self.writer_functions) for n in self._function_pattern.findall(sql)
+        ]
+        if self._view_pattern is not None:
+            found += [(n, self.writer_views) for n in self._view_pattern.findall(sql)]
         written: set[str] = set()
-        found = False
-        for name in self._function_pattern.findall(sql):
-            found = True
-            targets = self.writer_functions.get(name.lower())
+        for name, table in found:
+            targets = table.get(name.lower(), set())
             if targets is None:
                 return True, None
             written |= targets
-        return found, frozenset(written)
+        return bool(found), frozenset(written)
 
 
 def _rows(dbapi_connection: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -223,7 +236,8 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
             cat.uncacheable.add(str(name).lower())
     for view, base in _rows(conn, _PG_VIEWS):
         cat.views.setdefault(str(view).lower(), set()).add(str(base).lower())
-    for view, definition in _rows(conn, _PG_VIEW_DEFINITIONS):
+    definitions = _rows(conn, _PG_VIEW_DEFINITIONS)
+    for view, definition in definitions:
         if not analyzer.analyze(str(definition or ""), "postgresql").cacheable:
             cat.uncacheable.add(str(view).lower())
     for parent, child in _rows(conn, _PG_CASCADES):
@@ -252,7 +266,8 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
             cat.writes_everything.add(table)
         elif written:
             cat.cascades.setdefault(table, set()).update(written)
-    if calls is not None:  # column defaults and checks calling a writing function
+    if calls is not None:  # views, column defaults and checks calling a writing function
+        _writer_views(cat, calls, definitions)
         for table, expression in _rows(conn, _PG_DEFAULTS):
             table = str(table).lower()
             written = called_writes(calls, cat.writer_functions, str(expression or ""))
@@ -261,6 +276,26 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
             elif written:
                 cat.cascades.setdefault(table, set()).update(written)
     return cat
+
+
+def _writer_views(cat: Catalog, calls: re.Pattern[str], definitions: list[Any]) -> None:
+    """Views whose definition calls a writing function, also through other views."""
+    for view, definition in definitions:
+        written = called_writes(calls, cat.writer_functions, str(definition or ""))
+        if written is None or written:
+            cat.writer_views[str(view).lower()] = written
+    grew = bool(cat.writer_views)
+    while grew:
+        grew = False
+        for view, bases in cat.views.items():
+            inner = [cat.writer_views[b] for b in bases if b in cat.writer_views]
+            current = cat.writer_views.get(view, set())
+            if not inner or current is None:
+                continue
+            new = None if None in inner else current.union(*inner)  # type: ignore[arg-type]
+            if new is None or new != current:
+                cat.writer_views[view] = new
+                grew = True
 
 
 _TRIGGER = re.compile(
