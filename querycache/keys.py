@@ -110,8 +110,70 @@ def scope_of(url: URL, engine_id: int) -> str:
                 return f"sqlite:memory:{path}"
             database = path
         return f"sqlite:{os.path.realpath(database)}"
+    if backend == "postgresql":
+        return _pg_scope(url)
     port = url.port or _DEFAULT_PORTS.get(backend, "")
     return f"{backend}://{_host(url.host or '')}:{port}/{url.database or ''}"
+
+
+def _query_list(url: URL, key: str) -> list[str] | None:
+    """A query parameter's values, libpq comma lists split (None: absent)."""
+    value = url.query.get(key)
+    if value is None:
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    return [part.strip() for v in values for part in str(v).split(",")]
+
+
+def _split_port(host: str) -> tuple[str, str]:
+    """SQLAlchemy's multihost ``host=h1:p1&host=h2:p2``: ``("h1", "p1")``."""
+    if host.startswith("["):  # [::1]:5432
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else ""
+    if host.count(":") == 1 and not host.startswith("/"):
+        name, _, port = host.partition(":")
+        return name, port
+    return host, ""
+
+
+def _pg_scope(url: URL) -> str:
+    """PostgreSQL: every endpoint (host or hostaddr, port) and the database, as
+    libpq resolves them: query parameters override the URL's own host, port and
+    database; ``host=h1,h2&port=p1,p2`` and ``host=h1:p1&host=h2:p2`` are one
+    list; a missing part comes from ``PGHOST``/``PGPORT``/``PGDATABASE`` or the
+    libpq defaults (local socket, 5432, the user's name)."""
+    hosts = _query_list(url, "host")
+    if hosts is None:
+        hosts = [url.host] if url.host else []
+    ports = _query_list(url, "port")
+    if ports is None:
+        ports = [str(url.port)] if url.port else []
+    addrs = _query_list(url, "hostaddr") or []
+    default_port = os.environ.get("PGPORT") or "5432"
+    count = max(len(hosts), len(addrs), 1)
+    endpoints = set()
+    for i in range(count):
+        host = hosts[i] if i < len(hosts) else (hosts[0] if len(hosts) == 1 else "")
+        host, port = _split_port(host)
+        if not port:
+            port = ports[i] if i < len(ports) else (ports[0] if len(ports) == 1 else "")
+        addr = addrs[i] if i < len(addrs) else (addrs[0] if len(addrs) == 1 else "")
+        where = addr or host or os.environ.get("PGHOST", "")
+        endpoints.add(f"{_host(where)}:{port or default_port}")
+    database = (_query_list(url, "dbname") or _query_list(url, "database") or [""])[0]
+    database = database or url.database or os.environ.get("PGDATABASE") or ""
+    if not database:  # libpq's default database is the user's name
+        database = url.username or os.environ.get("PGUSER") or _os_user()
+    return f"postgresql://{','.join(sorted(endpoints))}/{database}"
+
+
+def _os_user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:
+        return ""
 
 
 @functools.lru_cache(maxsize=256)

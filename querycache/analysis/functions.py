@@ -72,6 +72,10 @@ VOLATILE_NAMES: Final = _words(
     database schema master_pos_wait source_pos_wait utc_timestamp utc_date utc_time
     curdate curtime current_timestamp current_date current_time localtime localtimestamp
     getdate ps_current_thread_id icu_version get_format_now
+    to_regclass to_regproc to_regprocedure to_regoper to_regoperator to_regtype
+    to_regtypemod to_regnamespace to_regrole to_regcollation to_regconfig
+    to_regdictionary regclass regproc regprocedure regoper regoperator regtype
+    regnamespace regrole regcollation regconfig regdictionary
     """
 )
 

@@ -53,7 +53,9 @@ class Analysis:
     """What the cache needs to know about one SQL string.
 
     ``tables_read``/``tables_written`` hold lowercase, unqualified table names
-    (``public.Users`` -> ``users``); ``tables_written`` is :data:`ALL` when the
+    (``public.Users`` -> ``users``), except SQLite tables of an attached or the
+    temp database, which are named both ``aux.t`` and ``t`` (the bare name may
+    resolve to them); ``tables_written`` is :data:`ALL` when the
     statement's targets cannot be known. ``reason`` is ``None`` exactly when
     ``cacheable`` is true; ``transaction_op`` is set exactly for kind
     ``"transaction"``; ``session_state`` is true for statements that change

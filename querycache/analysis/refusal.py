@@ -8,6 +8,7 @@ from typing import Final
 
 from sqlglot import exp
 
+from querycache.analysis.clock import describe, text_reads_clock
 from querycache.analysis.functions import (
     BUILTIN_DETERMINISTIC,
     NOW_WORDS,
@@ -136,8 +137,45 @@ def system_catalog(schema: str, name: str, dialect: str | None) -> str | None:
         return schema
     if dialect in ("postgres", None) and name.startswith("pg_") and schema in ("", "public"):
         return "pg_catalog"
-    if name.startswith("sqlite_") and dialect in ("sqlite", None):
-        return name
+    if dialect in ("sqlite", None) and name.startswith(("sqlite_", "pragma_")):
+        return name  # pragma_*: SQLite's table-valued PRAGMA functions, also without ()
+    return None
+
+
+_STRING_LITERALS = (exp.National, exp.RawString, exp.ByteString)
+
+
+def _literal_text(node: exp.Expr, dialect: str | None) -> str | bytes | None:
+    """The text a string literal stands for (None for numbers and the like)."""
+    cls = type(node)
+    if cls is exp.Literal:
+        return node.name if node.is_string else None
+    if cls in _STRING_LITERALS:
+        return node.name
+    if cls is exp.UnicodeString:  # U&'n\006Fw': decode the default escapes
+        text = node.name
+        try:
+            return re.sub(
+                r"\\(\+[0-9a-fA-F]{6}|[0-9a-fA-F]{4})",
+                lambda m: chr(int(m.group(1).lstrip("+"), 16)),
+                text,
+            )
+        except (ValueError, OverflowError):
+            return text
+    if cls is exp.HexString and dialect in ("sqlite", None):  # X'6e6f77' is the blob "now"
+        try:
+            return bytes.fromhex(node.name)
+        except ValueError:
+            return None
+    return None
+
+
+def clock_literal(facts: Facts, dialect: str | None) -> str | None:
+    """The first string literal that makes the database read its clock."""
+    for node in facts.literals:
+        text = _literal_text(node, dialect)
+        if text is not None and text_reads_clock(text, dialect):
+            return describe(text if isinstance(text, str) else text.decode("latin-1"))
     return None
 
 
@@ -204,6 +242,13 @@ def refusals(
         found.reasons.append("tablesample")
     if volatile_name:
         found.reasons.append("volatile function: " + volatile_name)
+    clock = clock_literal(facts, dialect)
+    if clock is not None:
+        found.reasons.append("clock value: " + clock)
+    if facts.reg_types and dialect in ("postgres", None):
+        # 't'::regclass looks a name up in the catalog: no table is read, and
+        # the answer changes with DROP/CREATE
+        found.reasons.append("catalog lookup: " + facts.reg_types[0])
     if unknown_name:
         found.reasons.append("unknown function: " + unknown_name)
     return found

@@ -120,7 +120,7 @@ def _analyze_parsed(text: str, first: str, dialect: str | None, settings: Settin
     if len(trees) != 1 or trees[0] is None or isinstance(trees[0], exp.Command):
         return _unparseable(text, first)
     tree = trees[0]
-    facts = walk(tree)
+    facts = walk(tree, dialect)
 
     writes = ALL if facts.write_all else settings.expand(frozenset(facts.writes))
     reads = settings.expand(frozenset(facts.reads))

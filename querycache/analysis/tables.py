@@ -58,7 +58,7 @@ def _category(cls: type) -> int:
         cat = _LOCK
     elif cls is exp.TableSample:
         cat = _SAMPLE
-    elif cls in (exp.DataType, exp.DataTypeParam):
+    elif cls in (exp.DataType, exp.DataTypeParam, exp.ObjectIdentifier):
         cat = _DATATYPE
     elif cls is exp.Column:
         cat = _COLUMN
@@ -99,6 +99,7 @@ class Facts:
         "negs",
         "params",
         "reads",
+        "reg_types",
         "samples",
         "system_refs",
         "values",
@@ -123,15 +124,17 @@ class Facts:
         self.values: list[exp.Values] = []
         self.negs: list[exp.Neg] = []
         self.arrays: list[exp.Array] = []
+        self.reg_types: list[str] = []  # PostgreSQL reg* casts: name lookups in the catalog
 
 
 def _name(node: exp.Expr | None) -> str:
     return node.name.lower() if isinstance(node, exp.Identifier) else ""
 
 
-def walk(root: exp.Expr) -> Facts:
-    """Collect tables and interesting nodes from ``root``."""
+def walk(root: exp.Expr, dialect: str | None = None) -> Facts:
+    """Collect tables and interesting nodes from ``root`` (parsed for ``dialect``)."""
     facts = Facts()
+    sqlite = dialect == "sqlite"
     empty: frozenset[str] = frozenset()
     stack: list[tuple[exp.Expr, frozenset[str], int]] = [(root, empty, READ)]
     push = stack.append
@@ -149,11 +152,15 @@ def walk(root: exp.Expr) -> Facts:
             facts.params.append(node)
             continue
         if cat == _DATATYPE:
+            kind = node.this
+            kind = str(getattr(kind, "value", kind)).lower()
+            if kind.startswith("reg"):
+                facts.reg_types.append(kind)
             continue
         child_mode = mode
         skip: tuple[str, ...] = ()
         if cat == _TABLE:
-            _table(node, ctes, mode, facts)  # type: ignore[arg-type]
+            _table(node, ctes, mode, facts, sqlite)  # type: ignore[arg-type]
             skip = ("indexed",)  # SQLite INDEXED BY <index>: not a table
             if not isinstance(args.get("this"), exp.Identifier):
                 child_mode = READ  # a table-valued function: its arguments are read
@@ -236,7 +243,7 @@ def _push_ctes(with_: exp.Expr, outer: frozenset[str], push: object) -> frozense
     return body
 
 
-def _table(node: exp.Table, ctes: frozenset[str], mode: int, facts: Facts) -> None:
+def _table(node: exp.Table, ctes: frozenset[str], mode: int, facts: Facts, sqlite: bool) -> None:
     this = node.args.get("this")
     if not isinstance(this, exp.Identifier):
         return
@@ -244,12 +251,20 @@ def _table(node: exp.Table, ctes: frozenset[str], mode: int, facts: Facts) -> No
     if not name:
         return
     schema = _name(node.args.get("db"))
+    # SQLite: an attached (or the temp) database's table is its own relation,
+    # "aux.t"; the bare name is kept too, since an unqualified "t" may resolve
+    # to it (temp, main, then attached databases are searched in that order)
+    qualified = f"{schema}.{name}" if sqlite and schema and schema != "main" else None
     if mode == WRITE:
         facts.writes.add(name)
+        if qualified:
+            facts.writes.add(qualified)
         return
     if not schema and name in ctes:
         return
     facts.reads.add(name)
+    if qualified:
+        facts.reads.add(qualified)
     facts.system_refs.append((schema, name))
 
 

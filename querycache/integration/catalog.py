@@ -13,6 +13,8 @@ cache:
   actions and trigger bodies, transitively);
 * ``writes_everything``: tables whose triggers write what we cannot tell;
 * ``writer_functions``: function name → tables it may write (``None``: any);
+* ``writer_views``: the same for views whose definition calls such a function
+  (reading the view runs it);
 * ``uncacheable``: relations whose reads are never cached: sequences, and
   views whose definition would not be cacheable as a query of its own (a
   volatile or unknown function hides inside).
@@ -23,7 +25,17 @@ child), and so do rules: a rule's action may write any relation it names,
 and a rule that calls a volatile function may write anything.
 
 Trigger and function bodies are read conservatively: any dynamic SQL means
-"may write anything". Materialized views are tables (changed by REFRESH).
+"may write anything". Calls are followed transitively: a function (of any
+volatility or language) that calls a writing function writes what that one
+writes, and so does a trigger whose function does (``NEW.n := bump()``), and a
+table whose column ``DEFAULT`` (also a domain's) or ``CHECK`` calls one.
+Function names match case-insensitively, quoted or not (``"Bump"()``).
+Materialized views are tables (changed by REFRESH).
+
+On SQLite every database of the connection is read (``PRAGMA database_list``:
+``main``, ``temp`` and attached ones). Objects of an attached database are
+named ``aux.t`` as well as ``t`` (an unqualified name may resolve to them);
+names inside a non-temp view or trigger resolve in that view's own database.
 """
 
 from __future__ import annotations
@@ -32,16 +44,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Catalog", "read_catalog"]
+from querycache.integration.calls import body_writes, call_pattern, called_writes, writer_closure
 
-_DML = re.compile(
-    r"\b(?:insert\s+into|update|delete\s+from|truncate(?:\s+table)?|merge\s+into|copy)"
-    r"\s+(?:only\s+)?((?:\"[^\"]+\"|[a-z_][\w$]*)(?:\s*\.\s*(?:\"[^\"]+\"|[a-z_][\w$]*))?)",
-    re.IGNORECASE,
-)
-_DYNAMIC = re.compile(
-    r"\bexecute\b(?!\s+(?:procedure|function)\b)|\bcall\b|\bperform\b", re.IGNORECASE
-)
+__all__ = ["Catalog", "body_writes", "read_catalog"]
 
 _PG_VIEWS = """
 SELECT DISTINCT v.relname, t.relname
@@ -64,7 +69,7 @@ WHERE con.contype = 'f'
   AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
 """
 _PG_TRIGGERS = """
-SELECT c.relname, l.lanname, p.prosrc
+SELECT c.relname, l.lanname, p.prosrc, p.proname
 FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
@@ -109,6 +114,20 @@ FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
+_PG_DEFAULTS = """
+SELECT c.relname, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_class c ON c.oid = d.adrelid
+UNION ALL
+SELECT c.relname, pg_catalog.pg_get_expr(t.typdefaultbin, 0)
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE t.typtype = 'd' AND t.typdefaultbin IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT c.relname, pg_catalog.pg_get_constraintdef(con.oid)
+FROM pg_catalog.pg_constraint con JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+WHERE con.contype = 'c'
+"""
 _PG_FUNCTIONS = """
 SELECT p.proname, l.lanname, p.prosrc, p.provolatile
 FROM pg_catalog.pg_proc p
@@ -132,7 +151,9 @@ class Catalog:
     known: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    writer_views: dict[str, set[str] | None] = field(default_factory=dict)
     _function_pattern: re.Pattern[str] | None = None
+    _view_pattern: re.Pattern[str] | None = None
 
     def has_news(self, names: frozenset[str]) -> bool:
         """True (once per name) when ``names`` holds a relation this catalog has
@@ -166,32 +187,29 @@ class Catalog:
         return frozenset(out)
 
     def functions_written(self, sql: str) -> tuple[bool, frozenset[str] | None]:
-        """Whether ``sql`` calls a writing function, and what it may write."""
+        """Whether ``sql`` calls a writing function (or reads a view that does),
+        and what it may write."""
         if not self.writer_functions:
             return False, frozenset()
         if self._function_pattern is None:
-            names = "|".join(re.escape(n) for n in sorted(self.writer_functions))
-            self._function_pattern = re.compile(rf"\b({names})\s*\(", re.IGNORECASE)
+            self._function_pattern = call_pattern(self.writer_functions)
+            names = "|".join(re.escape(n) for n in sorted(self.writer_views, key=len)[::-1])
+            if names:
+                self._view_pattern = re.compile(
+                    rf'(?<![\w$])"?({names})"?(?![\w$"])', re.IGNORECASE
+                )
+        found: list[tuple[str, dict[str, set[str] | None]]] = [
+            (n, self.writer_functions) for n in self._function_pattern.findall(sql)
+        ]
+        if self._view_pattern is not None:
+            found += [(n, self.writer_views) for n in self._view_pattern.findall(sql)]
         written: set[str] = set()
-        found = False
-        for name in self._function_pattern.findall(sql):
-            found = True
-            targets = self.writer_functions.get(name.lower())
+        for name, table in found:
+            targets = table.get(name.lower(), set())
             if targets is None:
                 return True, None
             written |= targets
-        return found, frozenset(written)
-
-
-def _name(raw: str) -> str:
-    return raw.rsplit(".", 1)[-1].strip().strip('"').lower()
-
-
-def body_writes(body: str) -> set[str] | None:
-    """Tables a plpgsql/SQL body writes, or None when it cannot be told."""
-    if _DYNAMIC.search(body):
-        return None
-    return {_name(m) for m in _DML.findall(body)}
+        return bool(found), frozenset(written)
 
 
 def _rows(dbapi_connection: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -220,7 +238,8 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
             cat.uncacheable.add(str(name).lower())
     for view, base in _rows(conn, _PG_VIEWS):
         cat.views.setdefault(str(view).lower(), set()).add(str(base).lower())
-    for view, definition in _rows(conn, _PG_VIEW_DEFINITIONS):
+    definitions = _rows(conn, _PG_VIEW_DEFINITIONS)
+    for view, definition in definitions:
         if not analyzer.analyze(str(definition or ""), "postgresql").cacheable:
             cat.uncacheable.add(str(view).lower())
     for parent, child in _rows(conn, _PG_CASCADES):
@@ -233,22 +252,53 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
         cat.cascades.setdefault(str(table).lower(), set()).add(str(target).lower())
     for (table,) in _rows(conn, _PG_RULE_FUNCTIONS):
         cat.writes_everything.add(str(table).lower())
-    for table, language, source in _rows(conn, _PG_TRIGGERS):
+    functions = _rows(conn, _PG_FUNCTIONS)
+    for name, *_ in functions:
+        cat.functions.add(str(name).lower())
+    cat.writer_functions = writer_closure(functions)
+    calls = call_pattern(cat.writer_functions) if cat.writer_functions else None
+    for table, language, source, function in _rows(conn, _PG_TRIGGERS):
         table = str(table).lower()
         cat.triggered.add(table)
-        written = body_writes(source or "") if language in ("plpgsql", "sql") else None
+        function = str(function).lower()
+        if function in cat.functions:  # a function of ours: its closure says it all
+            written = cat.writer_functions.get(function, set())
+        else:
+            written = body_writes(source or "") if language in ("plpgsql", "sql") else None
         if written is None:
             cat.writes_everything.add(table)
         elif written:
             cat.cascades.setdefault(table, set()).update(written)
-    for name, language, source, volatility in _rows(conn, _PG_FUNCTIONS):
-        cat.functions.add(str(name).lower())
-        if volatility != "v":
-            continue  # STABLE and IMMUTABLE functions cannot write
-        written = body_writes(source or "") if language in ("plpgsql", "sql") else None
-        if written is None or written:
-            cat.writer_functions[str(name).lower()] = written
+    if calls is not None:  # views, column defaults and checks calling a writing function
+        _writer_views(cat, calls, definitions)
+        for table, expression in _rows(conn, _PG_DEFAULTS):
+            table = str(table).lower()
+            written = called_writes(calls, cat.writer_functions, str(expression or ""))
+            if written is None:
+                cat.writes_everything.add(table)
+            elif written:
+                cat.cascades.setdefault(table, set()).update(written)
     return cat
+
+
+def _writer_views(cat: Catalog, calls: re.Pattern[str], definitions: list[Any]) -> None:
+    """Views whose definition calls a writing function, also through other views."""
+    for view, definition in definitions:
+        written = called_writes(calls, cat.writer_functions, str(definition or ""))
+        if written is None or written:
+            cat.writer_views[str(view).lower()] = written
+    grew = bool(cat.writer_views)
+    while grew:
+        grew = False
+        for view, bases in cat.views.items():
+            inner = [cat.writer_views[b] for b in bases if b in cat.writer_views]
+            current = cat.writer_views.get(view, set())
+            if not inner or current is None:
+                continue
+            new = None if None in inner else current.union(*inner)  # type: ignore[arg-type]
+            if new is None or new != current:
+                cat.writer_views[view] = new
+                grew = True
 
 
 _TRIGGER = re.compile(
@@ -261,43 +311,67 @@ _TRIGGER = re.compile(
 _VIEW_BODY = re.compile(r"\bas\s+((?:select|with|values)\b.*)$", re.IGNORECASE | re.DOTALL)
 
 
+def _in_schema(schema: str, names: Any) -> set[str]:
+    """Names as seen from inside a non-temp object of ``schema``: SQLite resolves
+    them in that object's own database ("t" -> "aux.t"); bare ones are kept."""
+    if schema in ("main", "temp"):
+        return set(names)
+    out = set(names)
+    out.update(f"{schema}.{n}" for n in names if "." not in n)
+    return out
+
+
 def _sqlite(conn: Any, analyzer: Any) -> Catalog:
     cat = Catalog()
-    rows = _rows(conn, "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
-    for kind, name, sql in rows:
+    schemas = [str(row[1]) for row in _rows(conn, "PRAGMA database_list")] or ["main"]
+    for schema in schemas:
+        _sqlite_schema(conn, analyzer, cat, schema)
+    return cat
+
+
+def _sqlite_schema(conn: Any, analyzer: Any, cat: Catalog, schema: str) -> None:
+    """Read one database (``main``, ``temp`` or an attached one) of the connection."""
+    quoted = '"' + schema.replace('"', '""') + '"'
+    master = "sqlite_temp_master" if schema == "temp" else quoted + ".sqlite_master"
+    rows = _rows(conn, f"SELECT type, name, tbl_name, sql FROM {master} WHERE sql IS NOT NULL")
+    prefix = "" if schema == "main" else schema.lower() + "."
+    for kind, name, tbl_name, sql in rows:
         name = str(name).lower()
+        # an object of an attached database is "aux.t", and also "t" (a bare
+        # name may resolve to it); the bare name is the one writes always carry
         if kind in ("table", "view"):
-            cat.known.add(name)
+            cat.known.update({name, prefix + name})
         if kind == "view":
-            cat.views[name] = set(analyzer.analyze(sql, "sqlite").tables_read)
+            reads = _in_schema(schema, analyzer.analyze(sql, "sqlite").tables_read)
+            for key in {name, prefix + name}:
+                cat.views.setdefault(key, set()).update(reads - {key})
             body = _VIEW_BODY.search(sql)
             if body is None or not analyzer.analyze(body.group(1), "sqlite").cacheable:
-                cat.uncacheable.add(name)
+                cat.uncacheable.update({name, prefix + name})
         elif kind == "trigger":
+            table = str(tbl_name).lower()  # a write to "aux.t" also writes "t"
             m = _TRIGGER.search(sql)
-            if m is None:
-                continue
-            table = _name(m.group(1).strip("[]`"))
-            cat.triggered.add(table)
-            written: set[str] = set()
-            for statement in m.group(2).split(";"):
+            cat.triggered.update({table, prefix + table})
+            written: set[str] | None = set() if m is not None else None
+            for statement in m.group(2).split(";") if m is not None else ():
                 if not statement.strip():
                     continue
                 w = analyzer.analyze(statement, "sqlite").tables_written
                 if not isinstance(w, frozenset):
-                    cat.writes_everything.add(table)
+                    written = None
                     break
-                written |= w
-            else:
-                if written:
-                    cat.cascades.setdefault(table, set()).update(written)
+                written |= w  # type: ignore[operator]
+            if written is None:
+                cat.writes_everything.add(table)
+            elif written:
+                cat.cascades.setdefault(table, set()).update(_in_schema(schema, written))
         elif kind == "table":
-            for fk in _rows(conn, f'PRAGMA foreign_key_list("{name}")'):
+            fks = _rows(conn, f'PRAGMA {quoted}.foreign_key_list("{name}")')
+            for fk in fks:
                 parent, on_update, on_delete = str(fk[2]).lower(), fk[5], fk[6]
                 if {str(on_update).upper(), str(on_delete).upper()} & {
                     "CASCADE",
                     "SET NULL",
                     "SET DEFAULT",
                 }:
-                    cat.cascades.setdefault(parent, set()).add(name)
-    return cat
+                    cat.cascades.setdefault(parent, set()).update({name, prefix + name})

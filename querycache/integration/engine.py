@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from querycache.analysis import ALL
+from querycache.analysis.clock import params_read_clock
 from querycache.errors import OptionError
 from querycache.integration import io
 from querycache.integration.connection import make_connection_class
@@ -161,9 +162,9 @@ class EngineBinding:
             qs.bypasses[analysis.reason or "not cacheable"] += 1
             if analysis.session_state:
                 state_of(info).tainted = True
-            if analysis.reason and analysis.reason.startswith("unknown function"):
-                ctx._qc_reason = analysis.reason
-                self._functions_may_write(ctx, info)
+            # any uncacheable read may also call a writing function
+            ctx._qc_reason = analysis.reason
+            self._functions_may_write(ctx, info)
             return
         if opts.get("querycache", True) is False:
             qs.bypasses["disabled by execution option"] += 1
@@ -196,6 +197,11 @@ class EngineBinding:
             if capture is not None:
                 capture.entry, capture.storable = entry, True
                 capture.snapshot = self.capture(plan, ctx.parameters[0])
+            return
+        # a parameter such as 'now' makes the database read its clock: never
+        # stored, so never hit (checked here, on the miss path only)
+        if params_read_clock(ctx.parameters[0], self.dialect_name) is not None:
+            qs.bypasses["parameter reads the clock ('now', 'today'...)"] += 1
             return
         # a transaction that wrote anything never stores what it reads; nor
         # does a SQLite transaction opened explicitly (its snapshot may be old)
@@ -259,7 +265,8 @@ class EngineBinding:
         catalog = self.core.catalogs.get(self.scope)
         if catalog is None:
             return
-        name = (ctx._qc_reason or "").partition(": ")[2].lower()
+        reason = ctx._qc_reason or ""
+        name = reason.partition(": ")[2].lower() if reason.startswith("unknown function") else ""
         if name and catalog.has_new_function(name):
             self.core.discover(self, ctx._dbapi_connection)  # created behind our back
             catalog = self.core.catalogs.get(self.scope) or catalog
