@@ -19,6 +19,7 @@ from sqlalchemy import orm
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
+from querycache.admission import AdmissionPolicy
 from querycache.analysis import Analysis, Analyzer
 from querycache.integration.catalog import Catalog, read_catalog
 from querycache.integration.engine import EngineBinding, attach
@@ -44,9 +45,21 @@ _MAX_PLANS = 20_000
 class Plan:
     """Everything derived once per distinct SQL string."""
 
-    __slots__ = ("analysis", "checked", "description", "footprint", "stats", "tables")
+    __slots__ = (
+        "admission",
+        "analysis",
+        "checked",
+        "description",
+        "footprint",
+        "stats",
+        "tables",
+    )
 
-    def __init__(self, analysis: Analysis, stats: QueryStats, footprint: Any = None) -> None:
+    def __init__(
+        self, analysis: Analysis, stats: QueryStats, footprint: Any = None, admission: Any = None
+    ) -> None:
+        #: :class:`~querycache.admission.Admission` (None: always store)
+        self.admission = admission
         self.analysis = analysis
         self.tables: tuple[str, ...] = tuple(sorted(analysis.tables_read))
         self.stats = stats
@@ -105,6 +118,11 @@ class QueryCache:
     :param invalidation: ``"precise"`` (default): a write drops only the
         entries whose rows it may have touched (see ``querycache.analyze()``'s
         ``footprint``); ``"table"``: every entry that read a written table.
+    :param admission: ``"adaptive"`` (default): a statement whose entries are
+        dropped before they pay for their stores stops being stored for a
+        while (see :mod:`querycache.admission`; per statement
+        ``execution_options(querycache_admission="always")``); ``"always"``:
+        store every cacheable result.
     """
 
     def __init__(
@@ -128,6 +146,7 @@ class QueryCache:
         compress_threshold: int = 2048,
         hash_params: bool = True,
         invalidation: str = "precise",
+        admission: str = "adaptive",
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -154,6 +173,7 @@ class QueryCache:
         if invalidation not in ("precise", "table"):
             raise ValueError(f"invalidation must be 'precise' or 'table', got {invalidation!r}")
         self.invalidation = invalidation
+        self.admission = AdmissionPolicy(admission)
         self.cells = CellRegistry(precise=invalidation == "precise")
         self.memory = MemoryTier(
             self.settings.memory_bytes, self.settings.max_entry_bytes, self.cells
@@ -349,7 +369,9 @@ class QueryCache:
             stats = self.stats.query(
                 analysis.fingerprint, analysis.fingerprint_id, analysis.tables_read
             )
-            plan = Plan(analysis, stats, analysis.footprint if self.cells.precise else None)
+            footprint = analysis.footprint if self.cells.precise else None
+            admission = self.admission.for_query(stats) if analysis.cacheable else None
+            plan = Plan(analysis, stats, footprint, admission)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan

@@ -14,10 +14,14 @@ Each verb is a function that adds its subparser (``_add_<verb>``) and sets
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
@@ -30,7 +34,10 @@ __all__ = ["VERBS", "ExecutionCounter", "build_parser", "main"]
 
 DEMO_SCALE = 0.2
 DEMO_OPS = 10_000
-DEMO_THREADS = 4
+DEMO_THREADS = 1
+DEMO_ROUNDS = 4
+#: every table a write of the sample workload writes
+WRITTEN_TABLES = ("orders", "order_items", "inventory", "reviews")
 SAMPLE_SEED = 42
 _CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "END")
 
@@ -152,22 +159,55 @@ def _add_demo(sub: Any) -> None:
 
 
 def _measure(
-    counter: ExecutionCounter, session_factory: Any, args: argparse.Namespace
-) -> tuple[Any, int | None]:
+    url: str, args: argparse.Namespace, cache: Any, offset: int = 0
+) -> tuple[Any, int | None, dict[int, Any]]:
+    """Run ``args.ops`` operations from ``offset`` on ``url`` (through ``cache`` unless
+    ``None``): the stats, the statements the database executed (counted on its side),
+    and every read's data by operation index."""
     from sample_db.workload import run
 
-    before = counter.value()
-    stats = run(
-        session_factory,
-        ops=args.ops,
-        threads=args.threads,
-        seed=args.seed,
-        write_ratio=args.write_ratio,
-        scale=args.scale,
+    raw = _engine(url, args.threads)
+    counter = ExecutionCounter(raw, url)
+    engine = cache.wrap(raw) if cache is not None else raw
+    maker = (cache.sessionmaker if cache is not None else sessionmaker)(
+        bind=engine, expire_on_commit=False
     )
-    after = counter.value()
+    results: dict[int, Any] = {}
+    try:
+        before = counter.value()
+        stats = run(
+            maker,
+            ops=args.ops,
+            threads=args.threads,
+            workload=_workload(args, offset),
+            results=results,
+        )
+        after = counter.value()
+    finally:
+        counter.close()
+        engine.dispose()
     executions = after - before if before is not None and after is not None else None
-    return stats, executions
+    return stats, executions, results
+
+
+def _workload(args: argparse.Namespace, offset: int) -> Any:
+    """The demo's operation stream from operation ``offset`` on."""
+    from sample_db.workload import Workload
+
+    class _From(Workload):
+        def operations(self, n: int, start: int = 0) -> list[Any]:
+            return super().operations(n, offset + start)
+
+    return _From(scale=args.scale, seed=args.seed, write_ratio=args.write_ratio)
+
+
+def _copy_sqlite(src: Path, dst: Path) -> str:
+    """A consistent copy of a SQLite file (the backup API: WAL content included)."""
+    import sqlite3
+
+    with closing(sqlite3.connect(src)) as a, closing(sqlite3.connect(dst)) as b:
+        a.backup(b)
+    return f"sqlite:///{dst}"
 
 
 def _warm_up(url: str, args: argparse.Namespace) -> None:
@@ -190,11 +230,67 @@ def _engine(url: str, threads: int) -> Engine:
     return create_engine(url, pool_size=max(5, threads))
 
 
+def _on_copies(src: Path, args: argparse.Namespace, cache: Any) -> tuple[Any, ...]:
+    """Each side on its own fresh copy of the SQLite file, plain first."""
+    with tempfile.TemporaryDirectory(prefix="querycache-demo-") as tmp:
+        out = []
+        for name, c in (("plain", None), ("querycache", cache)):
+            url = _copy_sqlite(src, Path(tmp) / f"{name}.sqlite")
+            _warm_up(url, args)
+            out.append(_measure(url, args, c))
+    (plain, p_ex, p_res), (cached, c_ex, c_res) = out
+    return plain, cached, p_ex, c_ex, p_res, c_res
+
+
+def _interleaved(url: str, args: argparse.Namespace, cache: Any) -> tuple[Any, ...]:
+    """Both sides on the same database, the same slices in alternating rounds; the
+    plain side's writes do not pass through the cache, so after each plain round
+    the cache drops what they may have changed (every table the workload writes)."""
+    from sample_db.workload import Stats
+
+    _warm_up(url, args)
+    per: list[list[Any]] = [[], []]
+    execs: list[int | None] = [0, 0]
+    n = -(-args.ops // DEMO_ROUNDS)
+    for r in range(DEMO_ROUNDS):
+        part = argparse.Namespace(**{**vars(args), "ops": min(n, args.ops - r * n)})
+        for side in (0, 1) if r % 2 == 0 else (1, 0):
+            stats, ex, _ = _measure(url, part, cache if side else None, offset=r * n)
+            per[side].append(stats)
+            before = execs[side]
+            execs[side] = None if ex is None or before is None else before + ex
+            if not side:
+                cache.invalidate(*WRITTEN_TABLES)
+
+    def merge(rs: list[Any]) -> Any:
+        secs = sum(s.seconds for s in rs)
+        return Stats(
+            **{k: sum(getattr(s, k) for s in rs) for k in ("ops", "reads", "writes", "errors")},
+            seconds=secs,
+            ops_per_sec=sum(s.ops for s in rs) / secs if secs else 0.0,
+            p50_ms=statistics.median(s.p50_ms for s in rs),
+            p99_ms=statistics.median(s.p99_ms for s in rs),
+            error_samples=[e for s in rs for e in s.error_samples],
+        )
+
+    return merge(per[0]), merge(per[1]), execs[0], execs[1], None, None
+
+
+def _stale(p_res: dict[int, Any], c_res: dict[int, Any], threads: int) -> tuple[int, list[str]]:
+    """Reads checked and the cached reads whose data differ from the plain side's."""
+    both = sorted(p_res.keys() & c_res.keys())
+    bad = [i for i in both if p_res[i] != c_res[i]]
+    word = "STALE read" if threads == 1 else "differing read"
+    return len(both), [
+        f"  {word} #{i}: plain {p_res[i]!r:.160} querycache {c_res[i]!r:.160}" for i in bad
+    ]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``querycache demo``: the side-by-side comparison."""
     from querycache import QueryCache
     from sample_db.generate import SampleMismatch, ensure
-    from sample_db.urls import sync_url
+    from sample_db.urls import sqlite_path, sync_url
 
     t0 = time.perf_counter()
     url = sync_url(args.db)
@@ -208,23 +304,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except SampleMismatch as exc:
         print(f"querycache demo: {exc}", file=sys.stderr)
         return 2
-    _warm_up(url, args)
-
-    engine = _engine(url, args.threads)
-    counter = ExecutionCounter(engine, url)
-    plain, plain_execs = _measure(counter, sessionmaker(bind=engine, expire_on_commit=False), args)
-    counter.close()
-    engine.dispose()
-
+    src = sqlite_path(url)
     cache = QueryCache(redis_url=args.redis) if args.redis else QueryCache()
-    raw = _engine(url, args.threads)
-    counter = ExecutionCounter(raw, url)
-    engine = cache.wrap(raw)
-    cached_factory = cache.sessionmaker(bind=engine, expire_on_commit=False)
-    cached, cached_execs = _measure(counter, cached_factory, args)
-    counter.close()
+    if src is not None:
+        print(
+            "each side runs the same operations on its own fresh copy of the database "
+            "(plain first, then querycache); the database itself is left unchanged"
+        )
+        plain, cached, plain_execs, cached_execs, p_res, c_res = _on_copies(src, args, cache)
+    else:
+        print(
+            f"both sides share the database: the same operations in {DEMO_ROUNDS} "
+            "alternating rounds (p50/p99: median of the rounds)"
+        )
+        plain, cached, plain_execs, cached_execs, p_res, c_res = _interleaved(url, args, cache)
     report = cache.report()
     totals = report.as_dict().get("totals", {})
+    cache.close()
 
     print()
     print(format_comparison(plain, cached, plain_execs, cached_execs, totals))
@@ -233,10 +329,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {name} error: {sample}")
     print()
     print(report.to_text())
-    cache.close()
-    engine.dispose()
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s")
-    return 1 if plain.errors or cached.errors else 0
+    print()
+    speedup = cached.ops_per_sec / plain.ops_per_sec if plain.ops_per_sec else 0.0
+    parts = [f"{speedup:.1f}x the throughput"]
+    if plain_execs and cached_execs is not None:
+        parts.append(f"{1 - cached_execs / plain_execs:.0%} fewer database executions")
+    else:
+        parts.append("database executions not counted on this database")
+    stale_bad: list[str] = []
+    if p_res is None or c_res is None:
+        parts.append("reads not checked (shared database: the sides see different states)")
+    else:
+        checked, stale_bad = _stale(p_res, c_res, args.threads)
+        for line in stale_bad[:10]:
+            print(line)
+        if args.threads == 1:
+            parts.append(f"{len(stale_bad)} stale reads in {checked:,} checked against plain")
+        else:
+            parts.append(
+                f"{len(stale_bad)} of {checked:,} reads differ from plain "
+                f"({args.threads} threads: a read racing a write may; --threads 1 is exact)"
+            )
+    print("querycache: " + ", ".join(parts))
+    print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+    failed = plain.errors or cached.errors or (stale_bad and args.threads == 1)
+    return 1 if failed else 0
 
 
 def format_comparison(

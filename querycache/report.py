@@ -58,6 +58,8 @@ class Report:
             )
             for reason, n in q["bypasses"].items():
                 out.append(f"  {'':>52}  bypassed {n}x: {reason}")
+            if not q["admission"].startswith(("admitted", "always")):
+                out.append(f"  {'':>52}  {q['admission']}")
             if q["writes_skipped"] or q["writes_dropping"]:
                 out.append(
                     f"  {'':>52}  writes to its tables: {q['writes_dropping']} dropped "
@@ -126,6 +128,7 @@ def build_report(cache: QueryCache) -> Report:
                 "mean_db_ms": mean_db * 1000,
                 "time_saved_ms": hits * mean_db * 1000,
                 "bytes_held": max(qs.bytes_held, 0),
+                "admission": qs.admission.describe() if qs.admission is not None else "always",
                 "writes_dropping": qs.writes_dropping,
                 "writes_skipped": qs.writes_skipped,
             }

@@ -20,10 +20,12 @@ class QueryStats:
     """What happened to one fingerprint."""
 
     __slots__ = (
+        "admission",
         "bypasses",
         "bytes_held",
         "coalesced",
         "db_seconds",
+        "dropped_unused",
         "fingerprint",
         "fingerprint_id",
         "memory_hits",
@@ -53,6 +55,10 @@ class QueryStats:
         #: that were judged not to affect any of them (row-precise invalidation)
         self.writes_dropping = 0
         self.writes_skipped = 0
+        #: entries removed (invalidated, evicted, expired) without one hit
+        self.dropped_unused = 0
+        #: the :class:`~querycache.admission.Admission` of this fingerprint
+        self.admission: Any = None
 
     @property
     def hits(self) -> int:
@@ -113,9 +119,9 @@ class Stats:
     def reset(self) -> None:
         with self._lock:
             for qs in self.queries.values():
-                held = qs.bytes_held
+                held, admission = qs.bytes_held, qs.admission
                 qs.__init__(qs.fingerprint, qs.fingerprint_id, qs.tables)  # type: ignore[misc]
-                qs.bytes_held = held
+                qs.bytes_held, qs.admission = held, admission
             self.tables.clear()
             self.errors.clear()
             self.events.clear()

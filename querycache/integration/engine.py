@@ -52,7 +52,7 @@ __all__ = ["EngineBinding", "attach"]
 log = logging.getLogger("querycache")
 
 SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
-_OPTIONS = {"querycache", "querycache_ttl"}
+_OPTIONS = {"querycache", "querycache_ttl", "querycache_admission"}
 
 
 class EngineBinding:
@@ -115,11 +115,18 @@ class EngineBinding:
             if name.startswith("querycache") and name not in _OPTIONS:
                 raise OptionError(
                     f"unknown execution option {name!r}; querycache knows "
-                    f"'querycache' (bool) and 'querycache_ttl' (seconds > 0)"
+                    f"'querycache' (bool), 'querycache_ttl' (seconds > 0) and "
+                    f"'querycache_admission' ('always' or 'adaptive')"
                 )
         flag = opts.get("querycache", True)
         if not isinstance(flag, bool):
             raise OptionError(f"execution option 'querycache' must be True or False, not {flag!r}")
+        admission = opts.get("querycache_admission")
+        if admission is not None and admission not in ("always", "adaptive"):
+            raise OptionError(
+                "execution option 'querycache_admission' must be 'always' or 'adaptive', "
+                f"not {admission!r}"
+            )
         ttl = opts.get("querycache_ttl")
         if ttl is not None and (
             isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
@@ -202,6 +209,14 @@ class EngineBinding:
         # stored, so never hit (checked here, on the miss path only)
         if params_read_clock(ctx.parameters[0], self.dialect_name) is not None:
             qs.bypasses["parameter reads the clock ('now', 'today'...)"] += 1
+            return
+        admission = plan.admission
+        if (
+            admission is not None
+            and not admission.admits()
+            and opts.get("querycache_admission") != "always"
+        ):
+            qs.bypasses["not admitted: its entries did not pay for their stores"] += 1
             return
         # a transaction that wrote anything never stores what it reads; nor
         # does a SQLite transaction opened explicitly (its snapshot may be old)
@@ -370,6 +385,7 @@ class EngineBinding:
         elapsed: float,
     ) -> Entry:
         """Account for a miss and store its result when that is safe."""
+        t0 = time.perf_counter()
         qs = miss.qs
         qs.misses += 1
         qs.db_seconds += elapsed
@@ -387,6 +403,8 @@ class EngineBinding:
             if stored:
                 qs.stores += 1
                 ctx._qc_key = miss.key
+                if miss.plan.admission is not None:
+                    miss.plan.admission.stored(time.perf_counter() - t0)
             else:
                 qs.not_stored["invalidated while reading"] += 1
         if miss.flight is not None:

@@ -30,6 +30,7 @@ class Entry:
         "rows",
         "size",
         "stats",
+        "used",
     )
 
     def __init__(
@@ -48,6 +49,7 @@ class Entry:
         self.deps: tuple[tuple[str, str], ...] = ()  # (scope, table) it read
         self.key: Any = None
         self.stats: Any = None
+        self.used = False  # served at least once (admission counts the unused)
         # rows hold values not provably immutable (JSON, arrays, driver
         # objects): each hit gets its own copies
         self.mutable = False

@@ -66,6 +66,7 @@ class MemoryTier:
             self._data.move_to_end(key)
         except KeyError:  # removed by another thread since the lookup
             pass
+        entry.used = True
         return entry
 
     def put(
@@ -126,6 +127,8 @@ class MemoryTier:
         self.bytes -= entry.size
         if entry.stats is not None:
             entry.stats.bytes_held -= entry.size
+            if not entry.used:
+                entry.stats.dropped_unused += 1
         for cell in entry.cells:
             cell.keys.discard(key)
         counts = self._counts
