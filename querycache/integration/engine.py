@@ -34,10 +34,11 @@ from querycache.integration.context import (
     record_write,
 )
 from querycache.integration.drivers import in_transaction
+from querycache.integration.identity import IDENT_KEY, SCOPE_KEY, ConnectionIdentities
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
 from querycache.invalidation.transactions import STATE_KEY, state_of
-from querycache.keys import connection_settings, result_identity, scope_of
+from querycache.keys import connection_settings, private_memory, result_identity, scope_of
 from querycache.tiers.base import Entry
 
 if TYPE_CHECKING:
@@ -52,17 +53,25 @@ _OPTIONS = {"querycache", "querycache_ttl"}
 
 
 class EngineBinding:
-    """One engine as the cache sees it: identity, scope, dialect, sync or async."""
+    """One engine as the cache sees it: identity, scope, dialect, sync or async.
 
-    def __init__(self, core: QueryCache, engine: Engine, ident: int) -> None:
+    ``ident`` is the interned result identity all its observed connections
+    share, 0 when none was observed yet or they differ; keys use each
+    connection's own (``info[IDENT_KEY]``, see :mod:`.identity`).
+    """
+
+    def __init__(self, core: QueryCache, engine: Engine) -> None:
         url = engine.url
         self.core = core
         self.memory = core.memory
         self.analyzer = core.analyzer
         self.engine_ref = id(engine)
-        self.ident = ident
+        self.ident = 0
         self.identity = self.identity_of(engine)
         self.scope = scope_of(url, id(engine))
+        #: each DBAPI connection is its own database (``sqlite://``): its own scope
+        self.private = private_memory(url)
+        self.scopes = {self.scope}
         dialect = engine.dialect
         self.dialect_name = dialect.name
         self.is_async = bool(getattr(dialect, "is_async", False))
@@ -79,11 +88,22 @@ class EngineBinding:
         self.dialect = dialect
         self.aliases: dict[Any, Any] = {}
         self.context_class: Any = None
+        self.connections = ConnectionIdentities(self, engine, self.private)
 
     @staticmethod
     def identity_of(engine: Engine) -> str:
-        """The result identity ``engine`` would get (see :mod:`querycache.keys`)."""
+        """The base result identity of ``engine``'s connections: URL and
+        ``connect_args`` (see :mod:`querycache.keys`); each connection adds
+        what it was observed to be."""
         return result_identity(engine.url, id(engine), connection_settings(engine))
+
+    def scope_for(self, info: Mapping[str, Any]) -> str:
+        """The invalidation scope of the connection whose ``info`` this is."""
+        return info.get(SCOPE_KEY, self.scope) if self.private else self.scope
+
+    def redis_identity(self, key: Any) -> str:
+        """The identity string behind a memory key's ident (the Redis key uses it)."""
+        return self.core.idents.identity[key[0]]
 
     # -- options ------------------------------------------------------------
     def plain_options(self, opts: Mapping[str, Any]) -> bool:
@@ -133,11 +153,15 @@ class EngineBinding:
         core = self.core
         if not self.fast_ok:
             self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
-        if self.catalog_pending:
+        info = ctx._dbapi_connection.info
+        scope = self.scope_for(info)
+        if self.catalog_pending or (
+            self.private and scope not in core.catalogs and core.settings.discover_views
+        ):
             core.discover(self, ctx._dbapi_connection)
         plan = core.plan(ctx.statement, self.dialect_name)
         analysis = plan.analysis
-        catalog = core.catalogs.get(self.scope)
+        catalog = core.catalogs.get(scope)
         if catalog is not None and plan.checked is not catalog:
             if catalog.has_news(_relations(analysis)):
                 core.discover(self, ctx._dbapi_connection)  # created behind our back
@@ -145,7 +169,6 @@ class EngineBinding:
                 analysis = plan.analysis
             else:
                 plan.checked = catalog  # a catalog's known names only grow
-        info = ctx._dbapi_connection.info
         if analysis.kind != "read" or ctx.executemany:
             self._before_other(ctx, plan, info)
             return
@@ -179,7 +202,11 @@ class EngineBinding:
                 qs.bypasses[reason] += 1
                 return
         if key is None:  # else the hit path looked it up a moment ago
-            key = key_for(self, ctx.statement, ctx.parameters[0])
+            ident = info.get(IDENT_KEY)
+            if ident is None:
+                qs.bypasses["connection settings not observed"] += 1
+                return
+            key = key_for(ident, ctx.statement, ctx.parameters[0])
             if key is None:
                 qs.bypasses["parameter of a type without an exact key"] += 1
                 return
@@ -192,14 +219,14 @@ class EngineBinding:
             qs.memory_hits += 1
             if capture is not None:
                 capture.entry, capture.storable = entry, True
-                capture.snapshot = self.memory.versions.capture(self.scope, plan.tables)
+                capture.snapshot = self.memory.versions.capture(scope, plan.tables)
             return
         # a transaction that wrote anything never stores what it reads; nor
         # does a SQLite transaction opened explicitly (its snapshot may be old)
         store = state is None or not state.has_writes
         if store and self.dialect_name == "sqlite" and in_transaction(ctx._dbapi_connection):
             store = False
-        snapshot = self.memory.versions.capture(self.scope, plan.tables)
+        snapshot = self.memory.versions.capture(scope, plan.tables)
         ttl = opts.get("querycache_ttl") or core.ttl
         miss = Miss(key, plan, qs, snapshot, None, store, ttl, capture)
         if store:
@@ -232,8 +259,9 @@ class EngineBinding:
             ttl = miss.ttl
             if entry.expires:
                 ttl = min(ttl, entry.expires - time.time())
+            scope = self.scope_for(ctx._dbapi_connection.info)
             if ttl > 0 and self.memory.put(
-                miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, ttl
+                miss.key, entry, scope, miss.plan.tables, miss.snapshot, ttl
             ):
                 ctx._qc_key = miss.key
         ctx._qc_serve(entry)
@@ -246,13 +274,14 @@ class EngineBinding:
 
     def _functions_may_write(self, ctx: Any, info: dict[str, Any]) -> None:
         """A SELECT calling a function that writes is a write."""
-        catalog = self.core.catalogs.get(self.scope)
+        scope = self.scope_for(info)
+        catalog = self.core.catalogs.get(scope)
         if catalog is None:
             return
         name = (ctx._qc_reason or "").partition(": ")[2].lower()
         if name and catalog.has_new_function(name):
             self.core.discover(self, ctx._dbapi_connection)  # created behind our back
-            catalog = self.core.catalogs.get(self.scope) or catalog
+            catalog = self.core.catalogs.get(scope) or catalog
         found, written = catalog.functions_written(ctx.statement)
         if found:
             record_write(info, ALL if written is None else written)
@@ -317,7 +346,12 @@ class EngineBinding:
             qs.not_stored["larger than max_entry_bytes"] += 1
         else:
             stored = self.memory.put(
-                miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, miss.ttl
+                miss.key,
+                entry,
+                self.scope_for(ctx._dbapi_connection.info),
+                miss.plan.tables,
+                miss.snapshot,
+                miss.ttl,
             )
             if stored:
                 qs.stores += 1
@@ -344,15 +378,18 @@ class EngineBinding:
             return
         written, everything = state.take_writes()
         state.snapshot = False
+        scope = self.scope_for(info)
         if state.ddl:
             state.ddl = False
             self.catalog_pending = self.core.settings.discover_views
+            if self.private:  # that database's catalog: read again on its next use
+                self.core.catalogs.pop(scope, None)
         if state.idle:
             info.pop(STATE_KEY, None)
         if everything:
-            self.core.invalidate_scope(self.scope, None, self.is_async)
+            self.core.invalidate_scope(scope, None, self.is_async)
         elif written:
-            self.core.invalidate_scope(self.scope, frozenset(written), self.is_async)
+            self.core.invalidate_scope(scope, frozenset(written), self.is_async)
 
     def drop_pending(self, fairy: Any) -> None:
         info = _info_of(fairy)
@@ -365,9 +402,9 @@ class EngineBinding:
             info.pop(STATE_KEY, None)
 
 
-def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
+def attach(core: QueryCache, engine: Engine) -> EngineBinding:
     """Install the cache on ``engine`` (a sync :class:`Engine`)."""
-    binding = EngineBinding(core, engine, ident)
+    binding = EngineBinding(core, engine)
     dialect = engine.dialect
     dialect.execution_ctx_cls = make_context_class(dialect.execution_ctx_cls, binding)
     binding.context_class = dialect.execution_ctx_cls

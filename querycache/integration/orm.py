@@ -304,8 +304,8 @@ class OrmFastPath:
         if bind is None:
             bind = session.bind if not session.binds else session.get_bind(**arguments)
         binding = self.cache._bindings.get(id(getattr(bind, "dialect", None)))
-        if binding is None or not binding.fast_ok:
-            return None
+        if binding is None or not binding.fast_ok or not binding.ident:
+            return None  # ident 0: its connections differ, and we cannot see which one
         # options of an OptionEngine or a Connection bind apply below us
         if getattr(bind, "_execution_options", None) and not binding.plain_options(
             bind._execution_options  # type: ignore[union-attr]
