@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util.concurrency import greenlet_spawn
 
@@ -418,3 +418,56 @@ def test_two_caches_on_one_database_invalidate_each_other(driver, request, tmp_p
         for e in (plain, e1, e2):
             e.dispose()
         counter.close()
+
+
+class _Aux(_Base):
+    __tablename__ = "notes"
+    __table_args__ = {"schema": "aux"}
+    v: Mapped[str] = mapped_column(primary_key=True)
+
+
+class _PgNote(DeclarativeBase):
+    pass
+
+
+class _Tenant(_PgNote):
+    __tablename__ = "notes"
+    v: Mapped[str] = mapped_column(primary_key=True)
+
+
+def _alternating(variants: dict[str, list[str]], pg: bool) -> Callable:
+    """A connect listener giving connections "a" and "b" settings in turn."""
+    turn = iter(range(10**6))
+    listeners = [_session_set(variants["a"], pg), _session_set(variants["b"], pg)]
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        listeners[next(turn) % 2](dbapi_connection, record)
+
+    return on_connect
+
+
+@pytest.mark.parametrize("driver", ["pysqlite", "psycopg"])
+def test_orm_steps_aside_when_an_engines_connections_differ(driver, request, tmp_path):
+    url = db_url(driver, request, tmp_path)
+    variants, _, _ = _prepare(driver, url, tmp_path)
+    pg = is_pg(driver)
+    entity = _Tenant if pg else _Aux
+    cache = QueryCache()
+    w = cache.wrap(create_engine(url))
+    p = create_engine(url)
+    for e in (w, p):
+        event.listen(e, "connect", _alternating(variants, pg))
+    w.dispose()
+    stmt = select(entity.v).order_by(entity.v)
+    try:
+        answers = []
+        for maker in (cache.sessionmaker(bind=w), sessionmaker(bind=p)):
+            with maker() as s1, maker() as s2:
+                s1.connection(), s2.connection()  # two connections: "a", then "b"
+                answers.append([list(s.scalars(stmt)) for s in (s1, s2, s1, s2)])
+        assert answers[0] == answers[1]
+        assert answers[0][0] != answers[0][1]
+    finally:
+        cache.close()
+        for e in (w, p):
+            e.dispose()
