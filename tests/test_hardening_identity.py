@@ -420,7 +420,11 @@ def test_two_caches_on_one_database_invalidate_each_other(driver, request, tmp_p
         counter.close()
 
 
-class _Aux(_Base):
+class _AuxBase(DeclarativeBase):
+    pass
+
+
+class _Aux(_AuxBase):
     __tablename__ = "notes"
     __table_args__ = {"schema": "aux"}
     v: Mapped[str] = mapped_column(primary_key=True)

@@ -6,7 +6,9 @@ database). Without Redis nothing else would tell the second about a write
 through the first, so every cache registers the scopes of the engines it
 wraps here (weakly: a cache that is dropped or closed leaves), and an
 invalidation applied by one is forwarded, as it was received, to every other
-cache of the process holding that scope.
+cache of the process holding that scope — except between two caches that both
+use Redis under different namespaces: namespaces isolate caches in one process
+as they do across processes.
 """
 
 from __future__ import annotations
@@ -52,9 +54,13 @@ def forward(origin: Any, scope: str, *args: Any) -> None:
     if not members:
         return
     with _lock:
-        others = [c for c in members if c is not origin]
+        others = [c for c in members if c is not origin and not _isolated(origin, c)]
     for cache in others:
         try:
             cache._apply_scope(scope, *args)
         except Exception as exc:
             cache.failed("invalidation from another cache", exc)
+
+
+def _isolated(a: Any, b: Any) -> bool:
+    return a.redis is not None and b.redis is not None and a.namespace != b.namespace
