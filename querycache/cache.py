@@ -23,7 +23,9 @@ from querycache.admission import AdmissionPolicy
 from querycache.analysis import Analysis, Analyzer
 from querycache.integration.catalog import Catalog, read_catalog
 from querycache.integration.engine import EngineBinding, attach
+from querycache.integration.identity import Idents
 from querycache.integration.orm import OrmFastPath
+from querycache.invalidation import local
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.cells import CellRegistry
 from querycache.report import Report, build_report
@@ -183,7 +185,7 @@ class QueryCache:
         self._plans: dict[tuple[str, str], Plan] = {}
         self._lock = threading.RLock()
         self._bindings: dict[int, EngineBinding] = {}
-        self._idents: dict[str, int] = {}
+        self.idents = Idents()
         self._logged: set[tuple[str, type]] = set()
         self._closed = False
         self._orm = OrmFastPath(self)
@@ -228,9 +230,9 @@ class QueryCache:
             owner = getattr(sync.dialect.execution_ctx_cls, "_qc", None)
             if owner is not None:
                 raise ValueError("this engine is already wrapped by another QueryCache")
-            identity = EngineBinding.identity_of(sync)
-            ident = self._idents.setdefault(identity, len(self._idents) + 1)
-            binding = attach(self, sync, ident)
+            binding = attach(self, sync)
+            if not binding.private:
+                local.register(self, binding.scope)
             if self.settings.discover_views:
                 # async engines can only do I/O inside their event loop: on
                 # their first execution instead
@@ -273,10 +275,13 @@ class QueryCache:
             self.invalidate_scope(scope, names, None)
 
     def clear(self) -> None:
-        """Drop every entry, in this process and (with Redis) everywhere."""
+        """Drop every entry, in this process and (with Redis) everywhere; other
+        caches of this process drop what they hold of this cache's databases."""
         self.memory.clear()
         if self.redis is not None:
             self.redis.bump_generation(None)
+        for scope in self._scopes():
+            local.forward(self, scope, None, None)
 
     def invalidate_scope(
         self,
@@ -291,8 +296,19 @@ class QueryCache:
         touched (:class:`~querycache.invalidation.images.Image`); a table
         without one may have had any row changed. Memory first (this process
         reads its own writes at once), then Redis: new version tokens and a
-        message to the other processes.
+        message to the other processes; then the other caches of this process
+        on ``scope`` (:mod:`.invalidation.local`).
         """
+        self._apply_scope(scope, tables, is_async, images)
+        local.forward(self, scope, tables, is_async, images)
+
+    def _apply_scope(
+        self,
+        scope: str,
+        tables: frozenset[str] | None,
+        is_async: bool | None,
+        images: Mapping[str, Any] | None = None,
+    ) -> None:
         written = tables
         if tables is not None:
             tables = self._expand_views(tables)
@@ -349,6 +365,7 @@ class QueryCache:
     def close(self) -> None:
         """Stop the bus thread, close Redis clients, drop the memory tier."""
         self._closed = True
+        local.unregister(self)
         if self.bus is not None:
             self.bus.stop()
         if self.redis is not None:
@@ -391,7 +408,7 @@ class QueryCache:
             )
 
     def _scopes(self) -> set[str]:
-        return {b.scope for b in self._bindings.values()}
+        return {s for b in self._bindings.values() for s in b.scopes}
 
     def _discover_now(self, engine: Engine, binding: EngineBinding) -> None:
         try:
@@ -413,10 +430,11 @@ class QueryCache:
         except Exception as exc:
             self.failed("catalog discovery", exc)
             return
-        old = self.catalogs.get(binding.scope)
+        scope = binding.scope_for(dbapi_connection.info)
+        old = self.catalogs.get(scope)
         if old is not None:
             catalog.missing = old.missing - catalog.known
-        self.catalogs[binding.scope] = catalog
+        self.catalogs[scope] = catalog
         self.add_views(catalog.views)
         self.add_never_cache(catalog.uncacheable)
 

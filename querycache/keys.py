@@ -7,7 +7,9 @@ Two identities come out of an engine's URL:
 * the **result identity** — the URL without its password, driver included,
   because drivers return different raw rows for the same query (psycopg
   decodes JSON, asyncpg does not), plus a digest of any ``connect_args``
-  (a ``search_path`` given there changes what a query returns);
+  (a ``search_path`` given there changes what a query returns), plus what
+  each connection was observed to be after its connect events ran
+  (:mod:`querycache.integration.identity`);
 * the **scope** — backend, host, port and database, without driver or user:
   every engine on one database shares one scope, so a write through any of
   them invalidates what all of them cached.
@@ -41,17 +43,24 @@ __all__ = [
     "connection_settings",
     "exact",
     "exact_params",
+    "private_memory",
     "redis_key",
     "result_identity",
     "scope_of",
 ]
 
 
+#: tells this process's private identities from another's (ids repeat across processes)
+_PROCESS = uuid.uuid4().hex[:12]
+
+
 def result_identity(url: URL, engine_id: int, settings: str = "") -> str:
-    """The URL with no password, plus ``settings`` (see :func:`connection_settings`);
-    in-memory SQLite databases are per engine."""
+    """The URL with no password, plus ``settings`` (see :func:`connection_settings`):
+    the engine's base identity, to which each connection adds what it was
+    observed to be (:mod:`querycache.integration.identity`). A private
+    in-memory SQLite database belongs to this process and engine only."""
     if _is_private_sqlite(url):
-        return f"{url.drivername}:memory:{engine_id}"
+        return f"{url.drivername}:memory:{_PROCESS}:{engine_id}"
     identity = url.set(password=None).render_as_string(hide_password=False)
     return f"{identity}#{settings}" if settings else identity
 
@@ -186,6 +195,11 @@ def _host(host: str) -> str:
     except (OSError, UnicodeError):
         return name
     return "local" if address in _LOCAL or address.startswith("127.") else address
+
+
+def private_memory(url: URL) -> bool:
+    """Whether each DBAPI connection of ``url`` is its own in-memory database."""
+    return _is_private_sqlite(url)
 
 
 def _is_private_sqlite(url: URL) -> bool:

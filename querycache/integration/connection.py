@@ -22,6 +22,7 @@ from sqlalchemy.engine.base import Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
 
 from querycache.integration.cursor import ReplayCursor
+from querycache.integration.identity import IDENT_KEY
 from querycache.invalidation.transactions import STATE_KEY
 from querycache.keys import TRUSTED
 from querycache.tiers.base import thaw
@@ -109,7 +110,11 @@ class CachingConnection(Connection):
         self, binding: EngineBinding, key: Any, compiled: Any, options: Any, args: Any
     ) -> Any:
         fairy = self._dbapi_connection
-        if fairy is None or not binding.fast_ok or STATE_KEY in fairy.info:
+        if fairy is None or not binding.fast_ok:
+            return None
+        info = fairy.info
+        # the alias names a key of one result identity: this connection's?
+        if STATE_KEY in info or key[0] != info.get(IDENT_KEY):
             return None
         if options and not binding.plain_options(options):
             return None

@@ -32,6 +32,7 @@ from querycache.analysis.footprints import WriteSpec
 from querycache.errors import OptionError
 from querycache.integration.cursor import DEFERRED, ReplayCursor
 from querycache.integration.drivers import in_transaction
+from querycache.integration.identity import IDENT_KEY
 from querycache.integration.shared import release_lease
 from querycache.invalidation.images import PendingKeys, bind_write
 from querycache.invalidation.transactions import STATE_KEY, state_of
@@ -129,7 +130,7 @@ class CachingContext:
             ):
                 # The hit path: no analysis, no logging, one dict lookup.
                 try:
-                    key = key_for(binding, self.statement, self.parameters[0])  # type: ignore[attr-defined]
+                    key = key_for(info.get(IDENT_KEY), self.statement, self.parameters[0])  # type: ignore[attr-defined]
                     entry = binding.memory.get(key) if key is not None else None
                 except Exception as exc:
                     if not isinstance(exc, TypeError):  # TypeError: unhashable values
@@ -217,7 +218,7 @@ class CachingContext:
         if rows and type(rows[0]) is not tuple:
             rows = [tuple(r) for r in rows]
         if type(description) is not tuple or (description and type(description[0]) is not tuple):
-            description = plain_description(miss.plan, self._qc.ident, description)
+            description = plain_description(miss.plan, miss.key[0], description)
         self.cursor = ReplayCursor(description, rows, rowcount)
         try:
             cursor.close()
@@ -238,21 +239,25 @@ def _fetch_can_resume(cursor: Any) -> bool:
     return type(cursor).__module__.startswith("psycopg") and hasattr(cursor, "_pos")
 
 
-def key_for(binding: EngineBinding, statement: str, params: Any) -> Any:
-    """The memory-tier key of one execution, or None when a parameter cannot be
-    keyed exactly (:class:`~querycache.keys.Opaque`). On the hit path: plain
-    dicts and tuples of :data:`~querycache.keys.TRUSTED` values cost two tuples."""
+def key_for(ident: int | None, statement: str, params: Any) -> Any:
+    """The memory-tier key of one execution on a connection of result identity
+    ``ident`` (``info[IDENT_KEY]``), or None when the connection was not
+    observed or a parameter cannot be keyed exactly
+    (:class:`~querycache.keys.Opaque`). On the hit path: plain dicts and
+    tuples of :data:`~querycache.keys.TRUSTED` values cost two tuples."""
+    if ident is None:
+        return None
     t = type(params)
     if t is dict:
         types = tuple([type(v) for v in params.values()])
         if TRUSTED.issuperset(types):
-            return (binding.ident, statement, tuple(params.items()), types)
+            return (ident, statement, tuple(params.items()), types)
     elif t is tuple:
         types = tuple([type(v) for v in params])
         if TRUSTED.issuperset(types):
-            return (binding.ident, statement, params, types)
+            return (ident, statement, params, types)
     try:
-        return (binding.ident, statement, exact_params(params))
+        return (ident, statement, exact_params(params))
     except Opaque:
         return None
 

@@ -36,12 +36,13 @@ from querycache.integration.context import (
     record_write,
 )
 from querycache.integration.drivers import in_transaction
+from querycache.integration.identity import IDENT_KEY, SCOPE_KEY, ConnectionIdentities
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
 from querycache.invalidation.images import merge_parts
 from querycache.invalidation.transactions import STATE_KEY, state_of
-from querycache.keys import connection_settings, result_identity, scope_of
+from querycache.keys import connection_settings, private_memory, result_identity, scope_of
 from querycache.tiers.base import Entry
 
 if TYPE_CHECKING:
@@ -56,17 +57,25 @@ _OPTIONS = {"querycache", "querycache_ttl", "querycache_admission"}
 
 
 class EngineBinding:
-    """One engine as the cache sees it: identity, scope, dialect, sync or async."""
+    """One engine as the cache sees it: identity, scope, dialect, sync or async.
 
-    def __init__(self, core: QueryCache, engine: Engine, ident: int) -> None:
+    ``ident`` is the interned result identity all its observed connections
+    share, 0 when none was observed yet or they differ; keys use each
+    connection's own (``info[IDENT_KEY]``, see :mod:`.identity`).
+    """
+
+    def __init__(self, core: QueryCache, engine: Engine) -> None:
         url = engine.url
         self.core = core
         self.memory = core.memory
         self.analyzer = core.analyzer
         self.engine_ref = id(engine)
-        self.ident = ident
+        self.ident = 0
         self.identity = self.identity_of(engine)
         self.scope = scope_of(url, id(engine))
+        #: each DBAPI connection is its own database (``sqlite://``): its own scope
+        self.private = private_memory(url)
+        self.scopes = {self.scope}
         dialect = engine.dialect
         self.dialect_name = dialect.name
         self.is_async = bool(getattr(dialect, "is_async", False))
@@ -83,11 +92,22 @@ class EngineBinding:
         self.dialect = dialect
         self.aliases: dict[Any, Any] = {}
         self.context_class: Any = None
+        self.connections = ConnectionIdentities(self, engine, self.private)
 
     @staticmethod
     def identity_of(engine: Engine) -> str:
-        """The result identity ``engine`` would get (see :mod:`querycache.keys`)."""
+        """The base result identity of ``engine``'s connections: URL and
+        ``connect_args`` (see :mod:`querycache.keys`); each connection adds
+        what it was observed to be."""
         return result_identity(engine.url, id(engine), connection_settings(engine))
+
+    def scope_for(self, info: Mapping[str, Any]) -> str:
+        """The invalidation scope of the connection whose ``info`` this is."""
+        return info.get(SCOPE_KEY, self.scope) if self.private else self.scope
+
+    def redis_identity(self, key: Any) -> str:
+        """The identity string behind a memory key's ident (the Redis key uses it)."""
+        return self.core.idents.identity[key[0]]
 
     # -- options ------------------------------------------------------------
     def plain_options(self, opts: Mapping[str, Any]) -> bool:
@@ -144,11 +164,15 @@ class EngineBinding:
         core = self.core
         if not self.fast_ok:
             self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
-        if self.catalog_pending:
+        info = ctx._dbapi_connection.info
+        scope = self.scope_for(info)
+        if self.catalog_pending or (
+            self.private and scope not in core.catalogs and core.settings.discover_views
+        ):
             core.discover(self, ctx._dbapi_connection)
         plan = core.plan(ctx.statement, self.dialect_name)
         analysis = plan.analysis
-        catalog = core.catalogs.get(self.scope)
+        catalog = core.catalogs.get(scope)
         if catalog is not None and plan.checked is not catalog:
             if catalog.has_news(_relations(analysis)):
                 core.discover(self, ctx._dbapi_connection)  # created behind our back
@@ -156,7 +180,6 @@ class EngineBinding:
                 analysis = plan.analysis
             else:
                 plan.checked = catalog  # a catalog's known names only grow
-        info = ctx._dbapi_connection.info
         if analysis.kind != "read" or ctx.executemany:
             self._before_other(ctx, plan, info)
             return
@@ -190,7 +213,11 @@ class EngineBinding:
                 qs.bypasses[reason] += 1
                 return
         if key is None:  # else the hit path looked it up a moment ago
-            key = key_for(self, ctx.statement, ctx.parameters[0])
+            ident = info.get(IDENT_KEY)
+            if ident is None:
+                qs.bypasses["connection settings not observed"] += 1
+                return
+            key = key_for(ident, ctx.statement, ctx.parameters[0])
             if key is None:
                 qs.bypasses["parameter of a type without an exact key"] += 1
                 return
@@ -203,7 +230,7 @@ class EngineBinding:
             qs.memory_hits += 1
             if capture is not None:
                 capture.entry, capture.storable = entry, True
-                capture.snapshot = self.capture(plan, ctx.parameters[0])
+                capture.snapshot = self.capture(plan, ctx.parameters[0], scope)
             return
         # a parameter such as 'now' makes the database read its clock: never
         # stored, so never hit (checked here, on the miss path only)
@@ -223,7 +250,7 @@ class EngineBinding:
         store = state is None or not state.has_writes
         if store and self.dialect_name == "sqlite" and in_transaction(ctx._dbapi_connection):
             store = False
-        snapshot = self.capture(plan, ctx.parameters[0])
+        snapshot = self.capture(plan, ctx.parameters[0], scope)
         ttl = opts.get("querycache_ttl") or core.ttl
         miss = Miss(key, plan, qs, snapshot, None, store, ttl, capture)
         if store:
@@ -248,12 +275,10 @@ class EngineBinding:
         ctx.cursor = ctx._qc_real_cursor()
         miss.started = time.perf_counter()  # database time only, not Redis
 
-    def capture(self, plan: Any, params: Any) -> tuple[Any, ...]:
-        """The validity cells a result of ``plan`` with ``params`` depends on,
-        captured before the query runs (see :mod:`querycache.invalidation.cells`)."""
-        return self.memory.cells.capture(
-            self.scope, plan.tables, plan.footprint, params, plan.stats
-        )
+    def capture(self, plan: Any, params: Any, scope: str) -> tuple[Any, ...]:
+        """The validity cells a result of ``plan`` with ``params`` depends on in
+        ``scope``, captured before the query runs (:mod:`querycache.invalidation.cells`)."""
+        return self.memory.cells.capture(scope, plan.tables, plan.footprint, params, plan.stats)
 
     def _serve_shared(self, ctx: Any, miss: Miss, entry: Entry) -> None:
         """A Redis hit: fill the memory tier, serve, wake this process's followers."""
@@ -263,8 +288,9 @@ class EngineBinding:
             ttl = miss.ttl
             if entry.expires:
                 ttl = min(ttl, entry.expires - time.time())
+            scope = self.scope_for(ctx._dbapi_connection.info)
             if ttl > 0 and self.memory.put(
-                miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, ttl
+                miss.key, entry, scope, miss.plan.tables, miss.snapshot, ttl
             ):
                 ctx._qc_key = miss.key
         ctx._qc_serve(entry)
@@ -277,14 +303,15 @@ class EngineBinding:
 
     def _functions_may_write(self, ctx: Any, info: dict[str, Any]) -> None:
         """A SELECT calling a function that writes is a write."""
-        catalog = self.core.catalogs.get(self.scope)
+        scope = self.scope_for(info)
+        catalog = self.core.catalogs.get(scope)
         if catalog is None:
             return
         reason = ctx._qc_reason or ""
         name = reason.partition(": ")[2].lower() if reason.startswith("unknown function") else ""
         if name and catalog.has_new_function(name):
             self.core.discover(self, ctx._dbapi_connection)  # created behind our back
-            catalog = self.core.catalogs.get(self.scope) or catalog
+            catalog = self.core.catalogs.get(scope) or catalog
         found, written = catalog.functions_written(ctx.statement)
         if found:
             record_write(info, ALL if written is None else written)
@@ -323,12 +350,13 @@ class EngineBinding:
 
     def _prefetch(self, ctx: Any, spec: Any, where: Any) -> None:
         """Read the rows an UPDATE/DELETE will touch (:mod:`.preimage`)."""
-        columns = self.memory.cells.keyed_columns(self.scope, spec.table)
+        scope = self.scope_for(ctx._dbapi_connection.info)
+        columns = self.memory.cells.keyed_columns(scope, spec.table)
         postgres = self.dialect_name == "postgresql"
         if not columns or not (postgres or self.dialect_name == "sqlite"):
             return
         core = self.core
-        catalog = core.catalogs.get(self.scope)
+        catalog = core.catalogs.get(scope)
         table = spec.table
         if (
             catalog is None
@@ -398,7 +426,12 @@ class EngineBinding:
             qs.not_stored["larger than max_entry_bytes"] += 1
         else:
             stored = self.memory.put(
-                miss.key, entry, self.scope, miss.plan.tables, miss.snapshot, miss.ttl
+                miss.key,
+                entry,
+                self.scope_for(ctx._dbapi_connection.info),
+                miss.plan.tables,
+                miss.snapshot,
+                miss.ttl,
             )
             if stored:
                 qs.stores += 1
@@ -428,15 +461,18 @@ class EngineBinding:
         images = {t: merge_parts(parts) for t, parts in state.images.items()}
         written, everything = state.take_writes()
         state.snapshot = False
+        scope = self.scope_for(info)
         if state.ddl:
             state.ddl = False
             self.catalog_pending = self.core.settings.discover_views
+            if self.private:  # that database's catalog: read again on its next use
+                self.core.catalogs.pop(scope, None)
         if state.idle:
             info.pop(STATE_KEY, None)
         if everything:
-            self.core.invalidate_scope(self.scope, None, self.is_async)
+            self.core.invalidate_scope(scope, None, self.is_async)
         elif written:
-            self.core.invalidate_scope(self.scope, frozenset(written), self.is_async, images)
+            self.core.invalidate_scope(scope, frozenset(written), self.is_async, images)
 
     def drop_pending(self, fairy: Any) -> None:
         info = _info_of(fairy)
@@ -449,9 +485,9 @@ class EngineBinding:
             info.pop(STATE_KEY, None)
 
 
-def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
+def attach(core: QueryCache, engine: Engine) -> EngineBinding:
     """Install the cache on ``engine`` (a sync :class:`Engine`)."""
-    binding = EngineBinding(core, engine, ident)
+    binding = EngineBinding(core, engine)
     dialect = engine.dialect
     dialect.execution_ctx_cls = make_context_class(dialect.execution_ctx_cls, binding)
     binding.context_class = dialect.execution_ctx_cls

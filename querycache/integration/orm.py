@@ -169,8 +169,8 @@ class OrmFastPath:
         except Exception:
             return None  # the normal path raises the same
         binding = self.cache._bindings.get(id(getattr(bind, "dialect", None)))
-        if binding is None or not binding.fast_ok:
-            return None  # an engine this cache does not wrap
+        if binding is None or not binding.fast_ok or not binding.ident:
+            return None  # ident 0: its connections differ, and we cannot see which one
         # options of an OptionEngine or a Connection bind apply below us
         bind_opts = getattr(bind, "_execution_options", None)
         if bind_opts and (

@@ -27,12 +27,12 @@ __all__ = ["lookup_shared", "release_lease", "store_shared"]
 def lookup_shared(binding: EngineBinding, ctx: Any, miss: Miss) -> Entry | None:
     """A valid Redis entry for this execution, or None (then run the query)."""
     tier = binding.core.redis
-    if tier is None or not tier.usable:
-        return None
+    if tier is None or not tier.usable or binding.private:
+        return None  # a private in-memory database is this process's only
     plan = miss.plan
     if tier.distrusts(binding.scope, plan.tables):
         return None  # another process could not invalidate these tables yet
-    rkey = tier.entry_key(binding.identity, ctx.statement, ctx.parameters[0], plan)
+    rkey = tier.entry_key(binding.redis_identity(miss.key), ctx.statement, ctx.parameters[0], plan)
     vkeys = tier.version_keys(binding.scope, plan.tables)
     found = tier.lookup(rkey, vkeys, binding.is_async)
     if found is None:
