@@ -1,29 +1,32 @@
-"""The sample workload, uncached vs cached, on PostgreSQL and SQLite (issue 4 target).
+"""The sample workload, uncached vs cached, on PostgreSQL and SQLite, beside its oracle.
 
-Run: ``.venv/bin/python -m benchmarks.bench_workload [--quick] [--seconds 20]
-[--sqlite-seconds 10] [--threads 8]``
+Run: ``.venv/bin/python -m benchmarks.bench_workload [--quick | --tiny] [--seconds 20]
+[--sqlite-seconds 10] [--threads 8] [--writes 1,5,20] [--invalidation precise|table]
+[--backends postgresql,sqlite]``
 
 ``sample_db.workload.run``: the seeded operation stream of the sample shop
-(Zipf keys, 5% writes, 15 read kinds from point lookups to a full aggregate,
-5 write kinds), a new session per operation, ``--threads`` threads. The
-uncached side is a plain engine, the cached side another engine on the same
-database wrapped by a memory-only ``QueryCache`` (default settings). Both
-sides run the same slices of the stream in alternating rounds (after a warm-up
-slice each), sized from the warm-up rates so that each side runs about
-``--seconds`` in total. Both engines get ``pool_size=threads+2``.
+(Zipf keys, ``--writes`` percent writes, 15 read kinds from point lookups to a
+full aggregate, 5 write kinds), a new session per operation, ``--threads``
+threads. Each side has its own identical copy of the sample database (SQLite:
+a file copy; PostgreSQL: ``CREATE DATABASE ... TEMPLATE``): the uncached side
+a plain engine, the cached side an engine wrapped by a memory-only
+``QueryCache(invalidation=...)``. Both sides run the same slices of the
+stream in alternating rounds (after a warm-up slice each), sized from the
+warm-up rate of the slower side so that it runs about ``--seconds`` in total.
+Both engines get ``pool_size=threads+2`` (PostgreSQL). At the end, two
+operations of every read kind are compared between the cached engine and a
+plain engine on the cached side's database.
 
-The uncached side's writes do not pass through the cache, so after every
-uncached round the cached side is told about them with
-``cache.invalidate(<tables the workload writes>)`` -- the invalidation those
-writes would have caused had they gone through a wrapped engine. At the end,
-two operations of every read kind are compared between the sides.
-
-Then a diagnosis, single-threaded on a later slice, one operation at a time on
-each side: per operation kind its count, mean time uncached and cached, hits
-and misses (from ``cache.report()`` before/after each operation), and its share
-of the cached side's time. Plus, from the measured run: invalidations per table
-(``report()["tables"]``) and hit ratio per operation kind (fingerprints of
-``report()["queries"]`` mapped to the kinds that issue them).
+The oracle (:mod:`benchmarks.oracle`): a read is an oracle hit when the same
+operation ran before and returned the same data; computed from the uncached
+rounds' data in operation order. Then a diagnosis on two more fresh copies
+and a cold cache, one thread, one operation at a time on each side: per read
+kind its calls, oracle hit ratio, querycache's hit ratio (an operation is a
+hit when the database executed nothing for it: SQLite trace callback; on
+PostgreSQL ``cache.report()`` deltas), mean times and shares of the time; the
+speed-up bounds of the oracle's and of querycache's hit patterns; every read
+compared between the sides (they must agree). Plus, from the measured run:
+invalidations per table and hit ratio per fingerprint's kinds.
 """
 
 from __future__ import annotations
@@ -31,42 +34,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from benchmarks.common import (
-    WORKLOAD_SEED,
-    Env,
-    machine,
-    say,
-    table,
-    totals,
-    verdict,
-)
+from benchmarks.common import WORKLOAD_SEED, Env, machine, say, table, totals, verdict
+from benchmarks.oracle import Diagnosis, Oracle, diagnose
 from querycache import QueryCache
-from sample_db.workload import (
-    READ_OPERATIONS,
-    WRITE_OPERATIONS,
-    Stats,
-    Workload,
-    all_reads,
-    run,
-)
+from querycache.cli import ExecutionCounter
+from sample_db.workload import Stats, Workload, all_reads, run
 
 TARGET = 5.0
-WRITE_RATIO = 0.05
-#: every table a write operation of the workload writes
-WRITTEN_TABLES = ("orders", "order_items", "inventory", "reviews")
 
 
 class _Slice(Workload):
     """The stream from operation ``offset`` on (``run`` always starts at 0)."""
 
-    def __init__(self, offset: int, write_ratio: float = WRITE_RATIO) -> None:
+    def __init__(self, offset: int, write_ratio: float) -> None:
         super().__init__(scale=1.0, seed=WORKLOAD_SEED, write_ratio=write_ratio)
         self.offset = offset
 
@@ -75,10 +61,11 @@ class _Slice(Workload):
 
 
 class Side:
-    def __init__(self, name: str, maker: Any, cache: QueryCache | None) -> None:
+    """One side of the measured run: a session factory and its rounds."""
+
+    def __init__(self, name: str, maker: Any) -> None:
         self.name = name
         self.maker = maker
-        self.cache = cache
         self.rounds: list[Stats] = []
 
     @property
@@ -98,110 +85,73 @@ class Side:
         return sum(s.errors for s in self.rounds)
 
 
-def _fingerprints(cache: QueryCache) -> dict[str, dict[str, Any]]:
-    return {q["fingerprint_id"]: q for q in cache.report().as_dict()["queries"]}
+class Sizes:
+    """Operation counts of a run (``--tiny`` shrinks everything, for a smoke test)."""
+
+    def __init__(self, seconds: float, rounds: int, quick: bool, tiny: bool) -> None:
+        self.seconds, self.rounds = seconds, rounds
+        self.warm = 60 if tiny else 1000 if quick or seconds < 10 else 3000
+        self.min_round = 20 if tiny else 200
+        self.diag = 60 if tiny else 400 if quick else 2000
 
 
-def diagnose(
-    uncached: Side, cached: Side, offset: int, n: int
-) -> tuple[list[list[Any]], dict[str, set[str]], dict[str, Any]]:
-    """One thread, one op at a time on each side: time and hits per kind."""
-    cache = cached.cache
-    assert cache is not None
-    ops = _Slice(offset).operations(n)
-    per: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    fp_kinds: dict[str, set[str]] = defaultdict(set)
-    for op in ops:
-        t = time.perf_counter()
-        with uncached.maker() as s:
-            op.run(s)
-        un = time.perf_counter() - t
-        before = _fingerprints(cache)
-        t = time.perf_counter()
-        with cached.maker() as s:
-            op.run(s)
-        ca = time.perf_counter() - t
-        after = _fingerprints(cache)
-        d = per[op.name]
-        d["n"] += 1
-        d["un"] += un
-        d["ca"] += ca
-        for fid, q in after.items():
-            b = before.get(fid)
-            dh = q["hits"] - (b["hits"] if b else 0)
-            dm = q["misses"] - (b["misses"] if b else 0)
-            db = q["bypass_count"] - (b["bypass_count"] if b else 0)
-            if dh or dm or db:
-                fp_kinds[fid].add(op.name)
-                d["hits"] += dh
-                d["misses"] += dm
-                d["bypasses"] += db
-        if op.is_write:
-            # the uncached side's write: the cached side learns of it as it would
-            cache.invalidate(*WRITTEN_TABLES)
-    total_ca = sum(d["ca"] for d in per.values())
-    total_un = sum(d["un"] for d in per.values())
-    rows = []
-    for name in (*READ_OPERATIONS, *WRITE_OPERATIONS):
-        d = per.get(name)
-        if not d:
-            continue
-        lookups = d["hits"] + d["misses"] + d["bypasses"]
-        rows.append(
-            [
-                name,
-                int(d["n"]),
-                f"{d['un'] / d['n'] * 1e3:.2f}",
-                f"{d['ca'] / d['n'] * 1e3:.2f}",
-                f"{d['un'] / d['ca']:.1f}x",
-                f"{d['hits'] / lookups:.0%}" if lookups else "-",
-                f"{d['un'] / total_un:.1%}",
-                f"{d['ca'] / total_ca:.1%}",
-            ]
-        )
-    summary = {"total_un": total_un, "total_ca": total_ca, "n": n, "per": per}
-    return rows, fp_kinds, summary
+def _copy(env: Env, backend: str, name: str) -> str:
+    return env.fresh_pg(name) if backend == "postgresql" else env.fresh_sqlite(name)
 
 
 def bench_backend(
-    backend: str, url: str, seconds: float, rounds: int, threads: int, diag_ops: int
+    env: Env, backend: str, sz: Sizes, threads: int, write_ratio: float, invalidation: str
 ) -> dict[str, Any]:
-    say(f"[{backend}] workload, {threads} threads, ~{seconds:g}s per side in {rounds} rounds")
+    pct = f"{write_ratio * 100:g}".replace(".", "_")
+    say(
+        f"[{backend}] workload, {threads} threads, {write_ratio:.0%} writes, "
+        f"invalidation={invalidation}, ~{sz.seconds:g}s in {sz.rounds} rounds"
+    )
     pool = {"pool_size": threads + 2} if backend == "postgresql" else {}
-    plain = create_engine(url, **pool)
-    cache = QueryCache(namespace=f"bench-workload-{backend}")
-    cached_engine = cache.wrap(create_engine(url, **pool))
-    un = Side("uncached", sessionmaker(bind=plain), None)
-    ca = Side("cached", cache.sessionmaker(bind=cached_engine), cache)
+    un_url, ca_url = _copy(env, backend, f"un_{pct}"), _copy(env, backend, f"ca_{pct}")
+    dun_url, dca_url = _copy(env, backend, f"dun_{pct}"), _copy(env, backend, f"dca_{pct}")
+    plain = create_engine(un_url, **pool)
+    check = create_engine(ca_url)
+    cache = QueryCache(namespace=f"bench-workload-{backend}", invalidation=invalidation)
+    cached_engine = cache.wrap(create_engine(ca_url, **pool))
+    un = Side("uncached", sessionmaker(bind=plain))
+    ca = Side("cached", cache.sessionmaker(bind=cached_engine))
+    oracle = Oracle()
+    dcache = QueryCache(namespace=f"bench-workload-diag-{backend}", invalidation=invalidation)
+    dplain = create_engine(dun_url)
+    draw = create_engine(dca_url)
+    counter = ExecutionCounter(draw, dca_url)
+    dcached = dcache.wrap(draw)
     try:
-        # warm-up (not measured): same slice on both sides; gives the rates
-        warm = 1000 if seconds < 10 else 3000
+        # warm-up (not measured): the same slice on both sides; gives the rates
         rate = {}
         for side in (un, ca):
-            st = run(side.maker, ops=warm, threads=threads, workload=_Slice(0))
+            wl = _Slice(0, write_ratio)
+            st = run(side.maker, ops=sz.warm, threads=threads, workload=wl)
             rate[side.name] = st.ops_per_sec
-            if side is un:
-                cache.invalidate(*WRITTEN_TABLES)
-        offset = warm
+        offset = sz.warm
         cache.reset_stats()
         before = totals(cache)
-        for r in range(rounds):
+        for r in range(sz.rounds):
             order = (un, ca) if r % 2 == 0 else (ca, un)
-            n = {s.name: max(200, int(rate[s.name] * seconds / rounds)) for s in order}
+            n = max(sz.min_round, int(min(rate.values()) * sz.seconds / sz.rounds))
+            wl = _Slice(offset, write_ratio)
             for side in order:
-                st = run(side.maker, ops=n[side.name], threads=threads, workload=_Slice(offset))
+                results: dict[int, Any] | None = {} if side is un else None
+                st = run(side.maker, ops=n, threads=threads, workload=wl, results=results)
                 side.rounds.append(st)
-                if side is un:
-                    cache.invalidate(*WRITTEN_TABLES)
+                if results is not None:
+                    oracle.feed_run(wl.operations(n), results)
                 say(f"  round {r + 1} {side.name:8} {st}")
                 rate[side.name] = st.ops_per_sec
-            offset += max(n.values())
+            offset += n
         after = totals(cache)
         report = cache.report().as_dict()
-        # results equal on both sides, two operations of every read kind
+        # the cached engine agrees with a plain engine on its database
         compared = 0
+        check_maker = sessionmaker(bind=check)
         for op in all_reads(Workload(scale=1.0, seed=WORKLOAD_SEED), per_kind=2):
-            with un.maker() as s:
+            with check_maker() as s:
                 a = op.run(s)
             with ca.maker() as s:
                 b = op.run(s)
@@ -210,59 +160,69 @@ def bench_backend(
             if not (a == b == c):
                 raise AssertionError(f"{backend}: {op.name} {op.params}: cached result differs")
             compared += 1
-        say(f"[{backend}] diagnosis, {diag_ops} ops one at a time")
-        diag_rows, fp_kinds, diag = diagnose(un, ca, offset + 1_000_000, diag_ops)
+        say(f"[{backend}] diagnosis, {sz.diag} ops one at a time on fresh copies, cold cache")
+        ops = _Slice(offset + 1_000_000, write_ratio).operations(sz.diag)
+        diag = diagnose(
+            sessionmaker(bind=dplain), dcache.sessionmaker(bind=dcached), dcache, counter, ops
+        )
         # counterfactual, not the benchmark: the same stream without its writes
-        ro_un = Side("uncached", un.maker, None)
-        ro_ca = Side("cached", ca.maker, cache)
+        ro = (Side("uncached", un.maker), Side("cached", ca.maker))
         ro_offset = offset + 2_000_000
-        run(ca.maker, ops=warm, threads=threads, workload=_Slice(ro_offset, 0.0))
-        ro_offset += warm
+        run(ca.maker, ops=sz.warm, threads=threads, workload=_Slice(ro_offset, 0.0))
+        ro_offset += sz.warm
         for r in range(2):
-            order = (ro_un, ro_ca) if r % 2 == 0 else (ro_ca, ro_un)
-            n = {s.name: max(200, int(rate[s.name] * seconds / 8)) for s in order}
-            for side in order:
-                st = run(
-                    side.maker, ops=n[side.name], threads=threads, workload=_Slice(ro_offset, 0.0)
-                )
+            n = max(sz.min_round, int(min(rate.values()) * sz.seconds / 8))
+            for side in ro if r % 2 == 0 else ro[::-1]:
+                st = run(side.maker, ops=n, threads=threads, workload=_Slice(ro_offset, 0.0))
                 side.rounds.append(st)
                 say(f"  read-only {side.name:8} {st}")
-            ro_offset += max(n.values())
+            ro_offset += n
     finally:
-        cache.close()
-        plain.dispose()
-        cached_engine.dispose()
+        for c in (cache, dcache):
+            c.close()
+        counter.close()
+        for e in (plain, check, cached_engine, dplain, dcached):
+            e.dispose()
 
     measured = {k: after[k] - before[k] for k in ("calls", "hits", "misses", "bypasses")}
     if measured["hits"] < 1:
         raise AssertionError(f"{backend}: the cached side had no hits")
-    # per kind hit ratio of the measured run, from report()["queries"]
+    return {
+        "backend": backend,
+        "write_ratio": write_ratio,
+        "invalidation": invalidation,
+        "un": un,
+        "ca": ca,
+        "measured": measured,
+        "oracle": oracle,
+        "compared": compared,
+        "diag": diag,
+        "kind_rows": _kind_rows(report, diag),
+        "table_rows": _table_rows(report, ca.seconds),
+        "events": report["events"],
+        "evictions": report["totals"]["evictions"],
+        "entries": report["totals"]["entries"],
+        "read_only": (ro[0].rate, ro[1].rate),
+    }
+
+
+def _kind_rows(report: dict[str, Any], diag: Diagnosis) -> list[list[Any]]:
+    """Hit ratio of the measured run by the kinds issuing each fingerprint."""
     kind_stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for q in report["queries"]:
-        kinds = fp_kinds.get(q["fingerprint_id"])
-        label = " / ".join(sorted(kinds)) if kinds else "(not seen in diagnosis)"
-        ks = kind_stats[label]
+        kinds = diag.fp_kinds.get(q["fingerprint_id"])
+        ks = kind_stats[" / ".join(sorted(kinds)) if kinds else "(not seen in diagnosis)"]
         ks[0] += q["calls"]
         ks[1] += q["hits"]
         ks[2] += q["misses"]
-    kind_rows = [
+    return [
         [label, calls, hits, misses, f"{hits / calls:.0%}" if calls else "-"]
         for label, (calls, hits, misses) in sorted(kind_stats.items(), key=lambda x: -x[1][0])
     ]
-    # which read kinds read a table the workload writes (from their fingerprints)
-    kind_tables: dict[str, set[str]] = defaultdict(set)
-    for q in report["queries"]:
-        for kind in fp_kinds.get(q["fingerprint_id"], ()):
-            kind_tables[kind].update(q["tables"])
-    per = diag["per"]
-    hit_by_writes = sorted(
-        k for k in READ_OPERATIONS if kind_tables.get(k, set()) & set(WRITTEN_TABLES)
-    )
-    exposed = sum(per[k]["un"] for k in hit_by_writes if k in per) + sum(
-        per[k]["un"] for k in WRITE_OPERATIONS if k in per
-    )
-    secs = ca.seconds
-    table_rows = [
+
+
+def _table_rows(report: dict[str, Any], secs: float) -> list[list[Any]]:
+    return [
         [
             t["table"],
             t["reads"],
@@ -272,47 +232,29 @@ def bench_backend(
         ]
         for t in report["tables"]
     ]
-    return {
-        "backend": backend,
-        "un": un,
-        "ca": ca,
-        "measured": measured,
-        "compared": compared,
-        "diag_rows": diag_rows,
-        "diag": diag,
-        "kind_rows": kind_rows,
-        "table_rows": table_rows,
-        "events": report["events"],
-        "evictions": report["totals"]["evictions"],
-        "entries": report["totals"]["entries"],
-        "hit_by_writes": hit_by_writes,
-        "exposed_share": exposed / diag["total_un"],
-        "read_only": (ro_un.rate, ro_ca.rate),
-    }
 
 
 def _print(res: dict[str, Any], threads: int) -> None:
-    un, ca = res["un"], res["ca"]
+    un, ca, m, oracle = res["un"], res["ca"], res["measured"], res["oracle"]
     ratio = ca.rate / un.rate
-    m = res["measured"]
     b = res["backend"]
     target = TARGET if b == "postgresql" else None
-    rows = []
-    for side in (un, ca):
-        rows.append(
-            [
-                side.name,
-                side.ops,
-                f"{side.seconds:.1f}",
-                f"{side.rate:,.0f}",
-                f"{statistics.median(s.p50_ms for s in side.rounds):.2f}",
-                f"{statistics.median(s.p99_ms for s in side.rounds):.2f}",
-                side.errors,
-            ]
-        )
+    rows = [
+        [
+            side.name,
+            side.ops,
+            f"{side.seconds:.1f}",
+            f"{side.rate:,.0f}",
+            f"{statistics.median(s.p50_ms for s in side.rounds):.2f}",
+            f"{statistics.median(s.p99_ms for s in side.rounds):.2f}",
+            side.errors,
+        ]
+        for side in (un, ca)
+    ]
     print(
-        f"--- {b}: {threads} threads, write ratio {WRITE_RATIO:.0%}, "
-        f"{len(un.rounds)} interleaved rounds per side"
+        f"--- {b}: {threads} threads, write ratio {res['write_ratio']:.0%}, "
+        f"invalidation={res['invalidation']}, {len(un.rounds)} interleaved rounds per side, "
+        f"each side on its own copy of the database"
     )
     print(table(["side", "ops", "seconds", "ops/s", "p50 ms", "p99 ms", "errors"], rows))
     hit_ratio = m["hits"] / m["calls"] if m["calls"] else 0.0
@@ -323,28 +265,37 @@ def _print(res: dict[str, Any], threads: int) -> None:
         f"{m['bypasses']} bypasses, hit ratio {hit_ratio:.1%}; "
         f"{res['compared']} read operations compared equal"
     )
+    o_ratio = oracle.hits / oracle.reads if oracle.reads else 0.0
+    print(
+        f"oracle over the uncached rounds: {oracle.reads} reads, {oracle.hits} oracle hits "
+        f"({o_ratio:.1%} of reads; the qc ratio above is of statement lookups)"
+    )
     print("(p50/p99: median over rounds of each round's percentile)")
     print()
-    d = res["diag"]
+    d: Diagnosis = res["diag"]
     print(
-        f"diagnosis: {d['n']} ops, one thread, one at a time; single-thread speed-up "
-        f"{d['total_un'] / d['total_ca']:.2f}x"
+        f"diagnosis: {len(d.records)} ops, one thread, one at a time, fresh copies, cold cache; "
+        f"single-thread speed-up {d.total_un / d.total_ca:.2f}x"
+    )
+    print(table(list(Diagnosis.HEADERS), d.rows()))
+    how = f"database executions ({d.db_counted})" if d.db_counted else "cache.report() deltas"
+    print(
+        f"qc hit: the cached side executed nothing for the operation, by {how}"
+        + (f"; disagreements with report(): {d.disagreements}" if d.db_counted else "")
     )
     print(
-        table(
-            [
-                "kind",
-                "ops",
-                "uncached ms",
-                "cached ms",
-                "speed-up",
-                "hit ratio",
-                "share uncached",
-                "share cached",
-            ],
-            res["diag_rows"],
-        )
+        f"speed-up bounds (uncached time / uncached time of the non-hits): "
+        f"oracle {d.bound('oracle_hit'):.2f}x, querycache's hit pattern "
+        f"({res['invalidation']}) {d.bound('qc_hit'):.2f}x; measured "
+        f"{d.total_un / d.total_ca:.2f}x"
     )
+    print(
+        "(the oracle matches whole operations: qc hit% may exceed it where another kind "
+        "ran the same statement first)"
+    )
+    print(f"reads compared between the sides: {d.compared}, differing (stale): {len(d.stale)}")
+    for op, a, c in d.stale[:5]:
+        print(f"  STALE {op.index} {op.name} {op.params}: plain {a!r:.200} cached {c!r:.200}")
     print()
     print("hit ratio per operation kind in the measured run (report()['queries'] by fingerprint)")
     print(
@@ -359,18 +310,6 @@ def _print(res: dict[str, Any], threads: int) -> None:
     if res["events"]:
         print(f"events: {res['events']}")
     print(f"memory tier at the end: {res['entries']} entries, {res['evictions']} evictions")
-    print()
-    share = res["exposed_share"]
-    print(
-        f"read kinds that read a table the workload writes ({', '.join(WRITTEN_TABLES)}): "
-        f"{len(res['hit_by_writes'])} of {len(READ_OPERATIONS)}: "
-        f"{', '.join(res['hit_by_writes'])}"
-    )
-    print(
-        f"they and the writes take {share:.1%} of the uncached single-thread time; if "
-        f"they always missed (table-level invalidation) and everything else cost nothing, "
-        f"the speed-up would be {1 / share:.2f}x"
-    )
     ro_un, ro_ca = res["read_only"]
     print(
         f"counterfactual (diagnosis only, not the benchmark): the same stream without "
@@ -380,33 +319,48 @@ def _print(res: dict[str, Any], threads: int) -> None:
     print()
 
 
+def _percents(text: str) -> list[float]:
+    return [float(p) / 100 for p in text.split(",") if p.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (about 4 s per side)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="smoke test: a few dozen ops, numbers meaningless"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="PostgreSQL, per side")
     parser.add_argument("--sqlite-seconds", type=float, default=10.0, help="SQLite, per side")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--writes", default="5", help="write percentages, comma-separated (e.g. 1,5,20)"
+    )
+    parser.add_argument("--invalidation", choices=("precise", "table"), default="precise")
+    parser.add_argument("--backends", default="postgresql,sqlite", help="comma-separated")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.sqlite_seconds, args.rounds = 4.0, 3.0, 2
-    diag_ops = 400 if args.quick else 2000
+    if args.tiny:
+        args.seconds, args.sqlite_seconds, args.rounds = 0.2, 0.2, 2
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = set(backends) - {"postgresql", "sqlite"}
+    if unknown:
+        parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
     results = []
-    with Env() as env:
+    with Env(postgres="postgresql" in backends, sqlite="sqlite" in backends) as env:
         info = machine(env)
-        results.append(
-            bench_backend(
-                "postgresql", env.pg_url, args.seconds, args.rounds, args.threads, diag_ops
-            )
-        )
-        results.append(
-            bench_backend(
-                "sqlite", env.sqlite_url, args.sqlite_seconds, args.rounds, args.threads, diag_ops
-            )
-        )
+        for write_ratio in _percents(args.writes):
+            for backend in backends:
+                secs = args.seconds if backend == "postgresql" else args.sqlite_seconds
+                sz = Sizes(secs, args.rounds, args.quick, args.tiny)
+                results.append(
+                    bench_backend(env, backend, sz, args.threads, write_ratio, args.invalidation)
+                )
+    mode = " --quick" if args.quick else " --tiny" if args.tiny else ""
     print(
-        f"bench_workload{' --quick' if args.quick else ''}: sample workload, "
-        f"uncached vs cached (memory tier), interleaved rounds"
+        f"bench_workload{mode}: sample workload, uncached vs cached (memory tier, "
+        f"invalidation={args.invalidation}), interleaved rounds, oracle"
     )
     print(f"machine: {info}")
     print()

@@ -145,7 +145,10 @@ def _add_demo(sub: Any) -> None:
         "--ops", type=int, default=DEMO_OPS, help="operations per run (default: %(default)s)"
     )
     p.add_argument(
-        "--threads", type=int, default=DEMO_THREADS, help="worker threads (default: %(default)s)"
+        "--threads",
+        type=int,
+        default=DEMO_THREADS,
+        help="worker threads (default: %(default)s: every read is checked exactly)",
     )
     p.add_argument("--redis", metavar="URL", help="also use a Redis tier at URL")
     p.add_argument("--seed", type=int, default=7, help="workload seed (default: %(default)s)")
