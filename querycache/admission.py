@@ -5,8 +5,9 @@ pays back only when the entry is hit before a write, an eviction or its TTL
 ends it. Per fingerprint, :class:`Admission` compares, over a window of
 stores, what the entries returned (hits times the database time a hit saves)
 with what storing them cost (the time the store path took). A fingerprint
-whose entries do not pay, and mostly die unused (invalidated, evicted or
-expired before a hit), stops being stored: its executions pass straight to
+whose entries do not pay, and mostly die unused (invalidated or expired
+before a hit; evictions are the memory budget's problem, not the
+statement's), stops being stored: its executions pass straight to
 the database (the analysis, a counter and this check only). After a while
 (``reprobe_after`` skipped executions or ``reprobe_seconds``) it is
 *probed*: stored again for one window, so that a change in the workload
@@ -114,7 +115,7 @@ class Admission:
         cost = self.store_seconds
         self.verdicts = (self.stores, hits, dropped, benefit, cost)
         # entries not reused *yet* are no evidence: only those that died unused
-        if benefit < cost and dropped * 2 >= self.stores:
+        if benefit < cost and dropped * 4 >= self.stores * 3:
             self._open(REJECTED)
             self.rejected_at = self.policy.clock()
         else:

@@ -223,8 +223,9 @@ class OrmFastPath:
         raw = capture.entry
         rows, size, mutable = plan.convert(raw.rows)
         if mutable or raw.mutable:
-            # hits rebuild from (copies of) the raw rows: every value their own
-            entry = Entry(plan, raw.rows, -1, raw.size + 200)  # type: ignore[arg-type]
+            # hits rebuild from (copies of) the raw rows: every value their own.
+            # The rows are the DBAPI entry's own list, whose size counts them
+            entry = Entry(plan, raw.rows, -1, 200 + 8 * len(raw.rows))  # type: ignore[arg-type]
             entry.mutable = True
         else:
             entry = Entry(plan, rows, -1, size + 200)  # type: ignore[arg-type]

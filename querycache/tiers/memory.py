@@ -99,11 +99,11 @@ class MemoryTier:
                 if cell.dead:
                     return False
             if key in self._data:
-                self._remove(key)
+                self._remove(key, False)
             if self.bytes + size > self.max_bytes:
                 self._reclaim(1024)
             while self.bytes + size > self.max_bytes and self._data:
-                self._remove(next(iter(self._data)))
+                self._remove(next(iter(self._data)), False)
                 self.evictions += 1
             entry.key = key
             entry.cells = snapshot
@@ -122,12 +122,14 @@ class MemoryTier:
                 self._reclaim(16)
         return True
 
-    def _remove(self, key: Any) -> None:
+    def _remove(self, key: Any, dropped: bool = True) -> None:
+        """Remove ``key``; ``dropped``: by invalidation or expiry (admission
+        counts those entries that were never served; evictions it does not)."""
         entry = self._data.pop(key)
         self.bytes -= entry.size
         if entry.stats is not None:
             entry.stats.bytes_held -= entry.size
-            if not entry.used:
+            if dropped and not entry.used:
                 entry.stats.dropped_unused += 1
         for cell in entry.cells:
             cell.keys.discard(key)

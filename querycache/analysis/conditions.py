@@ -1,0 +1,238 @@
+"""The pieces footprints and write specs are read with: placeholders as
+named markers, and conjuncts of the form ``column op value``.
+
+A statement's placeholders are rewritten ``:qcp<i>`` before sqlglot parses it
+(:func:`markers`), each remembered with its DBAPI accessor (position or
+name), so that a condition's value can be bound to one execution's
+parameters later (:mod:`querycache.invalidation.images`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from sqlglot import exp
+
+from querycache.analysis.placeholders import _compiled
+
+__all__ = [
+    "SQLGLOT",
+    "Cond",
+    "Ctx",
+    "Source",
+    "cond_of",
+    "conjuncts",
+    "markers",
+    "split_between",
+    "table_name",
+]
+
+#: ``("p", accessor)`` for a DBAPI parameter (index or name), ``("l", value)``
+#: for a literal.
+Source = tuple[str, Any]
+Op = Literal["=", "<", "<=", ">", ">="]
+
+SQLGLOT = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "mysql": "mysql"}
+_PREDICATES = (exp.Cast, exp.Connector, exp.Binary, exp.Not, exp.Paren, exp.Is, exp.In)
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "="}
+_CMP = {exp.EQ: "=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
+# casts that hand a parameter's value to the comparison unchanged
+_PLAIN_CASTS = frozenset(
+    {
+        "INT",
+        "BIGINT",
+        "SMALLINT",
+        "TINYINT",
+        "VARCHAR",
+        "CHAR",
+        "NCHAR",
+        "NVARCHAR",
+        "TEXT",
+        "DECIMAL",
+        "DOUBLE",
+        "FLOAT",
+        "BOOLEAN",
+        "UUID",
+        "TIMESTAMP",
+        "TIMESTAMPTZ",
+        "DATE",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """One conjunct on a column: ``column op value`` (``values`` has one
+    source), ``column IN (values)`` (op ``"="``, several), or ``IS NULL``
+    (op ``"="``, the literal ``None``)."""
+
+    column: str
+    op: Op
+    values: tuple[Source, ...]
+
+
+def markers(sql: str, family: str) -> tuple[str | None, list[Any]]:
+    """``sql`` with its i-th placeholder written ``:qcp<i>``, and for each the
+    DBAPI accessor (positional index or parameter name)."""
+    out: list[str] = []
+    accessors: list[Any] = []
+    pos = 0
+    positional = 0
+    for m in _compiled(family).finditer(sql):
+        out.append(sql[pos : m.start()])
+        pos = m.end()
+        group, token = m.lastgroup, m.group()
+        if group in ("str", "ident", "btick", "estr", "dollar"):
+            out.append(token)
+            continue
+        if group in ("lc", "bc", "hc"):
+            out.append(" ")
+            continue
+        if group == "semi":
+            if sql[pos:].strip():
+                return None, []  # several statements
+            continue
+        if group == "pct":
+            out.append("%")
+            continue
+        if group == "pyformat":
+            accessors.append(token[2:-2])
+        elif group == "named" or group == "sqlitenamed":
+            accessors.append(token[1:])
+        elif group == "numeric" or (group == "qmark" and len(token) > 1):
+            accessors.append(int(token[1:]) - 1)
+        else:  # format %s, qmark ?
+            accessors.append(positional)
+            positional += 1
+        out.append(f" :qcp{len(accessors) - 1} ")
+    out.append(sql[pos:])
+    return "".join(out), accessors
+
+
+class Ctx:
+    __slots__ = ("accessors", "dialect", "fold")
+
+    def __init__(self, accessors: list[Any], dialect: str) -> None:
+        self.accessors = accessors
+        self.dialect = SQLGLOT.get(dialect)
+        # PostgreSQL keeps the case of quoted names; SQLite ignores case
+        self.fold = dialect != "postgresql"
+
+    def column(self, ident: Any) -> str:
+        name = ident.name if isinstance(ident, exp.Identifier | exp.Column) else str(ident)
+        quoted = isinstance(ident, exp.Identifier) and ident.quoted
+        if isinstance(ident, exp.Column):
+            node = ident.this
+            quoted = isinstance(node, exp.Identifier) and node.quoted
+        return name if quoted and not self.fold else name.lower()
+
+    def value(self, node: Any) -> Source | None:
+        """The source of a value expression, or None when it is not a plain value."""
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Cast):
+            to = node.args.get("to")
+            kind = getattr(getattr(to, "this", None), "name", None)
+            if kind not in _PLAIN_CASTS:
+                return None
+            node = node.this
+        if isinstance(node, exp.Placeholder):
+            name = node.name
+            if name.startswith("qcp") and name[3:].isdigit():
+                index = int(name[3:])
+                if index < len(self.accessors):
+                    return ("p", self.accessors[index])
+            return None
+        if isinstance(node, exp.Literal):
+            if node.is_string:
+                return ("l", node.this)
+            return ("l", _number(node.this))
+        if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
+            if node.this.is_string:
+                return None
+            n = _number(node.this.this)
+            return None if n is None else ("l", -n)
+        if isinstance(node, exp.Boolean):
+            return ("l", bool(node.this))
+        if isinstance(node, exp.Null):
+            return ("l", None)
+        return None
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return Decimal(text)
+        except InvalidOperation:
+            return None
+
+
+def table_name(node: exp.Table) -> str:
+    return node.name.lower()
+
+
+def conjuncts(node: Any) -> list[Any]:
+    out: list[Any] = []
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        while isinstance(n, exp.Paren):
+            n = n.this
+        if isinstance(n, exp.And):
+            todo.append(n.this)
+            todo.append(n.expression)
+        elif n is not None:
+            out.append(n)
+    return out
+
+
+def cond_of(node: Any, resolve: Any, ctx: Ctx) -> tuple[str, Cond] | None:
+    """``(table, Cond)`` for a usable conjunct, else None."""
+    cls = type(node)
+    if cls in _CMP:
+        op = _CMP[cls]
+        left, right = node.this, node.expression
+        if not isinstance(left, exp.Column):
+            left, right = right, left
+            op = _FLIP[op]
+        if not isinstance(left, exp.Column):
+            return None
+        source = ctx.value(right)
+        if source is None or (source[0] == "l" and source[1] is None):
+            return None
+        table = resolve(left)
+        return None if table is None else (table, Cond(ctx.column(left), op, (source,)))
+    if cls is exp.In and isinstance(node.this, exp.Column) and not node.args.get("query"):
+        values = [ctx.value(v) for v in node.expressions]
+        if not values or any(v is None or (v[0] == "l" and v[1] is None) for v in values):
+            return None
+        table = resolve(node.this)
+        if table is None:
+            return None
+        return table, Cond(ctx.column(node.this), "=", tuple(values))  # type: ignore[arg-type]
+    if (
+        cls is exp.Is
+        and isinstance(node.this, exp.Column)
+        and isinstance(node.expression, exp.Null)
+    ):
+        table = resolve(node.this)
+        return None if table is None else (table, Cond(ctx.column(node.this), "=", (("l", None),)))
+    if cls is exp.Between and isinstance(node.this, exp.Column):
+        low, high = ctx.value(node.args.get("low")), ctx.value(node.args.get("high"))
+        table = resolve(node.this)
+        if table is None or low is None or high is None:
+            return None
+        column = ctx.column(node.this)
+        # two conditions on one column; the caller keeps them together
+        return table, Cond(column, ">=", (low, high))
+    return None
+
+
+def split_between(cond: Cond) -> list[Cond]:
+    if cond.op == ">=" and len(cond.values) == 2:
+        return [Cond(cond.column, ">=", cond.values[:1]), Cond(cond.column, "<=", cond.values[1:])]
+    return [cond]

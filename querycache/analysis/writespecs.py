@@ -1,0 +1,131 @@
+"""Write specs: what an ``INSERT``/``UPDATE``/``DELETE`` says about the rows
+it touches (see :mod:`querycache.analysis.footprints` for reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlglot import exp
+
+from querycache.analysis.conditions import (
+    _PREDICATES,
+    Cond,
+    Ctx,
+    Source,
+    cond_of,
+    conjuncts,
+    table_name,
+)
+
+__all__ = ["WriteSpec", "write_spec"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WriteSpec:
+    """What one write statement tells about the rows of ``table``.
+
+    ``rows``: for an ``INSERT ... VALUES``, each row's ``column -> source``.
+    ``pins``: ``UPDATE``/``DELETE`` ``WHERE`` conjuncts (``=``/``IN``/``IS
+    NULL``) fixing a column's value before the write. ``sets``: ``UPDATE``
+    ``column -> source`` (``None``: an expression, unknown). ``changed``: the
+    columns whose values may change (``None``: all — inserts and deletes).
+    ``where``: the ``WHERE`` text with placeholders, for a pre-image fetch.
+    """
+
+    table: str
+    kind: Literal["insert", "update", "delete"]
+    rows: tuple[dict[str, Source | None], ...] = ()
+    pins: tuple[Cond, ...] = ()
+    sets: dict[str, Source | None] | None = None
+    changed: frozenset[str] | None = None
+    #: ``SELECT * FROM table WHERE <the same WHERE>`` (placeholders written
+    #: ``:qcp<i>``/``%(qcp<i>)s``, see :func:`markers_of`), to read the rows an
+    #: ``UPDATE``/``DELETE`` is about to touch; None when that is not safe
+    fetch: str | None = None
+    #: the DBAPI accessor of each ``qcp<i>``
+    accessors: tuple[Any, ...] = ()
+
+
+def write_spec(tree: Any, ctx: Ctx) -> WriteSpec | None:
+    """The spec of a parsed write, or None when nothing can be pinned down."""
+    if isinstance(tree, exp.Insert):
+        return _insert(tree, ctx)
+    return _update_delete(tree, ctx)
+
+
+def _insert(tree: exp.Insert, ctx: Ctx) -> WriteSpec | None:
+    if tree.args.get("conflict") or tree.args.get("alternative") or tree.args.get("overwrite"):
+        return None
+    schema = tree.this
+    values = tree.expression
+    if not isinstance(schema, exp.Schema) or not isinstance(values, exp.Values):
+        return None
+    if not isinstance(schema.this, exp.Table):
+        return None
+    names = [ctx.column(c) for c in schema.expressions]
+    rows = []
+    for row in values.expressions:
+        items = row.expressions if isinstance(row, exp.Tuple) else [row]
+        if len(items) != len(names):
+            return None
+        rows.append({n: ctx.value(v) for n, v in zip(names, items, strict=True)})
+    return WriteSpec(table_name(schema.this), "insert", rows=tuple(rows))
+
+
+def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:
+    target = tree.this
+    if not isinstance(target, exp.Table):
+        return None
+    for extra in ("from_", "from", "using", "joins", "with_", "with", "limit", "order"):
+        if tree.args.get(extra):
+            return None
+    table = table_name(target)
+    names = {target.alias_or_name.lower(), table}
+
+    def resolve(col: exp.Column) -> str | None:
+        return table if not col.table or col.table.lower() in names else None
+
+    pins: list[Cond] = []
+    where = tree.args.get("where")
+    if where is not None:
+        for c in conjuncts(where.this):
+            if any(isinstance(n, exp.Select) for n in c.walk()):
+                continue
+            found = cond_of(c, resolve, ctx)
+            if found is not None and found[1].op == "=":
+                pins.append(found[1])
+    fetch = _fetch(tree, ctx)
+    accessors = tuple(ctx.accessors)
+    if isinstance(tree, exp.Delete):
+        return WriteSpec(table, "delete", pins=tuple(pins), fetch=fetch, accessors=accessors)
+    sets: dict[str, Source | None] = {}
+    for assignment in tree.expressions:
+        if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
+            return None
+        sets[ctx.column(assignment.this)] = ctx.value(assignment.expression)
+    return WriteSpec(
+        table,
+        "update",
+        pins=tuple(pins),
+        sets=sets,
+        changed=frozenset(sets),
+        fetch=fetch,
+        accessors=accessors,
+    )
+
+
+def _fetch(tree: exp.Update | exp.Delete, ctx: Ctx) -> str | None:
+    """The pre-image query of a single-table ``UPDATE``/``DELETE`` whose
+    ``WHERE`` calls no function and holds no subquery (so that it selects
+    the same rows the write will touch)."""
+    where = tree.args.get("where")
+    if where is None:
+        return None
+    for node in where.walk():
+        if isinstance(node, exp.Select | exp.Subquery):
+            return None
+        if isinstance(node, exp.Func) and not isinstance(node, _PREDICATES):
+            return None  # a function of the row (or the clock) may not select alike
+    query = exp.select("*").from_(tree.this.copy()).where(where.this.copy())
+    return query.sql(dialect=ctx.dialect)
