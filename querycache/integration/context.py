@@ -275,13 +275,17 @@ def plain_description(plan: Any, ident: int, raw: Any) -> tuple[tuple[Any, ...],
     return description
 
 
-def record_write(info: dict[str, Any], tables: Any) -> None:
-    """Mark ``tables`` (or ``ALL``) pending on this connection."""
+def record_write(info: dict[str, Any], tables: Any, imaged: bool = False) -> None:
+    """Mark ``tables`` (or ``ALL``) pending on this connection. Unless the
+    caller records their images (``imaged``), their rows are unknown."""
     state = state_of(info)
     if tables is ALL:
         state.everything = True
-    else:
-        state.written.update(tables)
+        return
+    state.written.update(tables)
+    if not imaged:
+        for table in tables:
+            state.images.setdefault(table, []).append(None)
 
 
 def record_image(info: dict[str, Any], tables: Any, spec: Any, ctx: Any) -> Any:

@@ -337,8 +337,9 @@ class EngineBinding:
             return
         if written is not ALL and not written:
             return
-        record_write(info, written)
-        if kind == "write" and written is not ALL:
+        imaged = kind == "write" and written is not ALL
+        record_write(info, written, imaged)
+        if imaged:
             where = record_image(info, written, plan.footprint, ctx)
             spec = plan.footprint
             if where is not None and spec.fetch and not ctx.executemany:
