@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -102,7 +103,8 @@ def _read(tree: exp.Select, ctx: Ctx) -> ReadFootprint | None:
     if from_ is None or tree.args.get("with_") or tree.args.get("with"):
         return None
     sources: dict[str, str] = {}  # alias or name -> table
-    usable: set[str] = set()
+    usable: set[str] = set()  # FROM and inner joins: WHERE filters their rows
+    nullable: dict[str, Any] = {}  # LEFT joined: only their ON filters them
     first = from_.this
     joins = tree.args.get("joins") or []
     items = [(first, None)] + [(j.this, j) for j in joins]
@@ -116,43 +118,72 @@ def _read(tree: exp.Select, ctx: Ctx) -> ReadFootprint | None:
         kind = (join.args.get("kind") or "").upper() if join is not None else ""
         if side in ("RIGHT", "FULL"):
             return None  # earlier tables become nullable
-        if side == "LEFT" or kind in ("NATURAL", "ANTI", "SEMI"):
-            continue  # the nullable side: every row
+        if kind in ("NATURAL", "ANTI", "SEMI"):
+            continue
+        on = join.args.get("on") if join is not None else None
+        if side == "LEFT":
+            if on is not None:
+                nullable[table] = on
+            continue
         usable.add(table)
-        if join is not None and join.args.get("on") is not None:
-            on_conditions.append(join.args["on"])
+        if on is not None:
+            on_conditions.append(on)
     # a table named twice (a self-join, or again in a subquery) is every row
     counts: dict[str, int] = {}
     for t in tree.find_all(exp.Table):
         counts[table_name(t)] = counts.get(table_name(t), 0) + 1
     usable = {t for t in usable if counts.get(t) == 1}
-    if not usable:
+    nullable = {t: on for t, on in nullable.items() if counts.get(t) == 1}
+    if not usable and not nullable:
         return None
     single = next(iter(sources.values())) if len(sources) == 1 else None
+    known = usable | set(nullable)
 
-    def resolve(col: exp.Column) -> str | None:
-        qualifier = col.table.lower() if col.table else ""
-        table = sources.get(qualifier) if qualifier else single
-        return table if table in usable else None
+    def resolver(allowed: set[str]) -> Any:
+        def resolve(col: exp.Column) -> str | None:
+            qualifier = col.table.lower() if col.table else ""
+            table = sources.get(qualifier) if qualifier else single
+            return table if table in allowed else None
 
-    conds: dict[str, list[Cond]] = {t: [] for t in usable}
-    joins: dict[str, list[tuple[str, str, str]]] = {t: [] for t in usable}
-    for where in [tree.args.get("where"), *on_conditions]:
+        return resolve
+
+    conds: dict[str, list[Cond]] = {t: [] for t in known}
+    links: dict[str, list[tuple[str, str, str]]] = {t: [] for t in known}
+    wheres = [(tree.args.get("where"), usable, None)]
+    wheres += [(on, usable, None) for on in on_conditions]
+    # a LEFT joined table's rows matter only through its ON: its own conditions
+    # there, and its equalities with the tables it hangs on
+    wheres += [(on, usable | {t}, t) for t, on in nullable.items()]
+    for where, allowed, only in wheres:
         if where is None:
             continue
+        resolve = resolver(allowed)
         node = where.this if isinstance(where, exp.Where) else where
         for c in conjuncts(node):
             found = cond_of(c, resolve, ctx)
             if found is not None:
-                conds[found[0]].extend(split_between(found[1]))
+                if only is None or found[0] == only:
+                    conds[found[0]].extend(split_between(found[1]))
             elif type(c) is exp.EQ and isinstance(c.this, exp.Column):
                 other = c.expression
                 if isinstance(other, exp.Column):
                     a, b = resolve(c.this), resolve(other)
                     if a is not None and b is not None and a != b:
                         ca, cb = ctx.column(c.this), ctx.column(other)
-                        joins[a].append((ca, b, cb))
-                        joins[b].append((cb, a, ca))
+                        if only is None or a == only:
+                            links[a].append((ca, b, cb))
+                        if only is None or b == only:
+                            links[b].append((cb, a, ca))
+    # T.a = U.b and U.b = v: T's rows matter only where T.a = v
+    for t in known:
+        for own, other, other_column in links[t]:
+            if other not in usable:
+                continue
+            for cond in list(conds[other]):
+                implied = Cond(own, "=", cond.values)
+                if cond.op == "=" and cond.column == other_column and implied not in conds[t]:
+                    conds[t].append(implied)
+    usable = known
     columns: dict[str, set[str] | None] = {t: set() for t in usable}
     for star in tree.expressions:
         if isinstance(star, exp.Star):
@@ -172,7 +203,7 @@ def _read(tree: exp.Select, ctx: Ctx) -> ReadFootprint | None:
     return ReadFootprint(
         {
             t: TableFootprint(
-                tuple(conds[t]), None if cols is None else frozenset(cols), tuple(joins[t])
+                tuple(conds[t]), None if cols is None else frozenset(cols), tuple(links[t])
             )
             for t, cols in columns.items()
         }
