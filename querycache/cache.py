@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 
 from querycache.analysis import Analysis, Analyzer
 from querycache.integration.catalog import Catalog, read_catalog
+from querycache.integration.drivers import in_transaction, note_began
 from querycache.integration.engine import EngineBinding, attach
 from querycache.integration.orm import OrmFastPath
 from querycache.invalidation.bus import InvalidationBus
@@ -352,11 +353,15 @@ class QueryCache:
     def discover(self, binding: EngineBinding, dbapi_connection: Any) -> None:
         """Read the hidden dependencies of ``binding``'s database (never raises)."""
         binding.catalog_pending = False
+        idle = in_transaction(dbapi_connection) is False
         try:
             catalog = read_catalog(dbapi_connection, binding.dialect_name, self.analyzer)
         except Exception as exc:
             self.failed("catalog discovery", exc)
             return
+        finally:
+            if idle:  # a transaction our own catalog queries began is not foreign
+                note_began(dbapi_connection)
         old = self.catalogs.get(binding.scope)
         if old is not None:
             catalog.missing = old.missing - catalog.known
