@@ -35,16 +35,21 @@ from querycache.integration.context import (
 )
 from querycache.integration.drivers import (
     called_from_outside,
-    clear_flag,
     foreign_transaction,
     in_transaction,
     mark_raw,
-    set_flag,
     transaction_ended,
-    transaction_failed,
 )
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
+from querycache.integration.txhooks import (
+    attach_twophase,
+    checked_in,
+    clear_failed,
+    guarded,
+    info_of,
+    mark_failed,
+)
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import connection_settings, result_identity, scope_of
 from querycache.tiers.base import Entry
@@ -349,7 +354,7 @@ class EngineBinding:
 
     # -- transaction ends -------------------------------------------------------
     def apply_pending(self, fairy: Any) -> None:
-        info = _info_of(fairy)
+        info = info_of(fairy)
         state = info.get(STATE_KEY) if info is not None else None
         if state is None:
             return
@@ -366,7 +371,7 @@ class EngineBinding:
             self.core.invalidate_scope(self.scope, frozenset(written), self.is_async)
 
     def drop_pending(self, fairy: Any) -> None:
-        info = _info_of(fairy)
+        info = info_of(fairy)
         state = info.get(STATE_KEY) if info is not None else None
         if state is None:
             return
@@ -394,25 +399,25 @@ def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
             original_commit(dbapi_connection)
         finally:
             # also when commit raised: it may have committed before failing
-            _guarded(core, "commit", binding.apply_pending, dbapi_connection)
-            _guarded(core, "commit", transaction_ended, _info_of(dbapi_connection))
+            guarded(core, "commit", binding.apply_pending, dbapi_connection)
+            guarded(core, "commit", transaction_ended, info_of(dbapi_connection))
 
     def do_rollback(dbapi_connection: Any) -> None:
         try:
             original_rollback(dbapi_connection)
         finally:
-            _guarded(core, "rollback", binding.drop_pending, dbapi_connection)
-            _guarded(core, "rollback", transaction_ended, _info_of(dbapi_connection))
+            guarded(core, "rollback", binding.drop_pending, dbapi_connection)
+            guarded(core, "rollback", transaction_ended, info_of(dbapi_connection))
 
     def do_rollback_to_savepoint(connection: Any, name: str) -> None:
         original_to_savepoint(connection, name)
         # a PostgreSQL transaction that failed after the savepoint works again
-        _guarded(core, "rollback", _clear_failed, connection._dbapi_connection)
+        guarded(core, "rollback", clear_failed, connection._dbapi_connection)
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
-    _attach_twophase(core, binding, dialect)
+    attach_twophase(core, binding, dialect)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(exc_ctx: Any) -> None:
@@ -423,113 +428,29 @@ def attach(core: QueryCache, engine: Engine, ident: int) -> EngineBinding:
             # also for an error raised while the caller fetched rows
             conn = ctx if ctx is not None else exc_ctx.connection
             fairy = getattr(conn, "_dbapi_connection", None)
-            _guarded(core, "error", _mark_failed, fairy)
+            guarded(core, "error", mark_failed, fairy)
 
     @event.listens_for(engine.pool, "invalidate")
     def _on_invalidate(dbapi_conn: Any, record: Any, exception: Any) -> None:
         state = record.info.get(STATE_KEY) if record is not None else None
         if state is not None and state.has_writes:
-            _guarded(core, "invalidate", binding.apply_pending, _RecordView(record))
+            guarded(core, "invalidate", binding.apply_pending, _RecordView(record))
 
     @event.listens_for(engine.pool, "checkin")
     def _on_checkin(dbapi_conn: Any, record: Any) -> None:
         if record is not None:
-            _guarded(core, "checkin", _checked_in, record.info)
+            guarded(core, "checkin", checked_in, record.info)
 
     original_raw = engine.raw_connection
 
     def raw_connection() -> Any:
         fairy = original_raw()
         if called_from_outside(2):  # handed to user code, not to a Connection
-            _guarded(core, "raw connection", mark_raw, fairy)
+            guarded(core, "raw connection", mark_raw, fairy)
         return fairy
 
     engine.raw_connection = raw_connection  # type: ignore[method-assign]
     return binding
-
-
-def _mark_failed(fairy: Any) -> None:
-    info = _info_of(fairy) if fairy is not None else None
-    if info is not None and transaction_failed(fairy):
-        set_flag(info, "failed")
-
-
-def _clear_failed(fairy: Any) -> None:
-    clear_flag(_info_of(fairy) if fairy is not None else None, "failed")
-
-
-def _checked_in(info: dict[str, Any]) -> None:
-    transaction_ended(info)
-    clear_flag(info, "raw")
-
-
-def _attach_twophase(core: QueryCache, binding: EngineBinding, dialect: Any) -> None:
-    """Two-phase commits bypass ``do_commit`` (psycopg's ``tpc_commit``, or
-    ``COMMIT PREPARED`` followed by a rollback): wrap them too.
-
-    ``PREPARE TRANSACTION`` detaches the transaction from its connection, so
-    its pending writes move to ``prepared[xid]``; committing the xid applies
-    them, rolling it back drops them. A recovered xid this process did not
-    prepare may have written anything: its commit invalidates the scope.
-    """
-    prepared: dict[str, tuple[set[str], bool, bool]] = {}
-    original_prepare = dialect.do_prepare_twophase
-    original_commit = dialect.do_commit_twophase
-    original_rollback = dialect.do_rollback_twophase
-
-    def do_prepare_twophase(connection: Any, xid: Any) -> None:
-        original_prepare(connection, xid)
-        info = _info_of(connection._dbapi_connection)
-        state = info.get(STATE_KEY) if info is not None else None
-        if state is not None:
-            written, everything = state.take_writes()
-            prepared[str(xid)] = (written, everything, state.ddl)
-            state.ddl = False
-        else:
-            prepared[str(xid)] = (set(), False, False)
-
-    def do_commit_twophase(
-        connection: Any, xid: Any, is_prepared: bool = True, recover: bool = False
-    ) -> None:
-        fairy = connection._dbapi_connection
-        try:
-            original_commit(connection, xid, is_prepared=is_prepared, recover=recover)
-        finally:  # also when it raised: it may have committed
-            _guarded(core, "commit", _finish, (fairy, str(xid), is_prepared, recover, True))
-
-    def do_rollback_twophase(
-        connection: Any, xid: Any, is_prepared: bool = True, recover: bool = False
-    ) -> None:
-        fairy = connection._dbapi_connection
-        try:
-            original_rollback(connection, xid, is_prepared=is_prepared, recover=recover)
-        finally:
-            _guarded(core, "rollback", _finish, (fairy, str(xid), is_prepared, recover, False))
-
-    def _finish(args: tuple[Any, str, bool, bool, bool]) -> None:
-        fairy, xid, is_prepared, recover, committed = args
-        writes = prepared.pop(xid, None)
-        if committed:
-            if writes is None and is_prepared and recover:
-                writes = (set(), True, True)  # prepared elsewhere: unknown writes
-            if writes is not None:
-                info = _info_of(fairy) if fairy is not None else None
-                if info is not None:  # hand them back so one commit applies all
-                    written, everything, ddl = writes
-                    state = state_of(info)
-                    state.everything = state.everything or everything
-                    state.written |= written
-                    state.ddl = state.ddl or ddl
-                else:
-                    core.invalidate_scope(binding.scope, None, binding.is_async)
-            binding.apply_pending(fairy)
-        else:
-            binding.drop_pending(fairy)
-        transaction_ended(_info_of(fairy) if fairy is not None else None)
-
-    dialect.do_prepare_twophase = do_prepare_twophase
-    dialect.do_commit_twophase = do_commit_twophase
-    dialect.do_rollback_twophase = do_rollback_twophase
 
 
 def _relations(analysis: Any) -> frozenset[str]:
@@ -539,14 +460,6 @@ def _relations(analysis: Any) -> frozenset[str]:
     return analysis.tables_read | written  # type: ignore[no-any-return]
 
 
-def _info_of(fairy: Any) -> dict[str, Any] | None:
-    # the ad-hoc connection SQLAlchemy uses while first connecting has no info
-    try:
-        return fairy.info  # type: ignore[no-any-return]
-    except NotImplementedError:
-        return None
-
-
 class _RecordView:
     """Gives a pool record the ``info`` attribute a connection fairy has."""
 
@@ -554,10 +467,3 @@ class _RecordView:
 
     def __init__(self, record: Any) -> None:
         self.info = record.info
-
-
-def _guarded(core: QueryCache, where: str, fn: Any, arg: Any) -> None:
-    try:
-        fn(arg)
-    except Exception as exc:
-        core.failed(where, exc)
