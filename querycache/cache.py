@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from querycache.admission import AdmissionPolicy
 from querycache.analysis import Analysis, Analyzer
 from querycache.integration.catalog import Catalog, read_catalog
+from querycache.integration.drivers import in_transaction, note_began
 from querycache.integration.engine import EngineBinding, attach
 from querycache.integration.identity import Idents
 from querycache.integration.orm import OrmFastPath
@@ -425,11 +426,15 @@ class QueryCache:
     def discover(self, binding: EngineBinding, dbapi_connection: Any) -> None:
         """Read the hidden dependencies of ``binding``'s database (never raises)."""
         binding.catalog_pending = False
+        idle = in_transaction(dbapi_connection) is False
         try:
             catalog = read_catalog(dbapi_connection, binding.dialect_name, self.analyzer)
         except Exception as exc:
             self.failed("catalog discovery", exc)
             return
+        finally:
+            if idle:  # a transaction our own catalog queries began is not foreign
+                note_began(dbapi_connection)
         scope = binding.scope_for(dbapi_connection.info)
         old = self.catalogs.get(scope)
         if old is not None:

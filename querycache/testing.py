@@ -261,6 +261,7 @@ class PostgresServer:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "200",
+            "max_prepared_transactions": "10",  # two-phase commit tests
             "shared_buffers": "128MB",
             "shared_preload_libraries": "pg_stat_statements",
             "pg_stat_statements.track": "all",

@@ -22,6 +22,7 @@ from sqlalchemy.engine.base import Connection
 from sqlalchemy.engine.default import DefaultExecutionContext
 
 from querycache.integration.cursor import ReplayCursor
+from querycache.integration.drivers import called_from_outside, mark_raw
 from querycache.integration.identity import IDENT_KEY
 from querycache.invalidation.transactions import STATE_KEY
 from querycache.keys import TRUSTED
@@ -61,6 +62,15 @@ class CachingConnection(Connection):
     """A :class:`~sqlalchemy.engine.Connection` that serves aliased hits."""
 
     _qc: EngineBinding
+
+    @property
+    def connection(self) -> Any:  # type: ignore[override]
+        """The pool's DBAPI connection proxy; handed to code outside SQLAlchemy,
+        it is marked *raw* until checkin (its reads bypass the cache)."""
+        fairy = super().connection
+        if called_from_outside(2):
+            mark_raw(fairy)
+        return fairy
 
     def _execute_context(  # type: ignore[override]
         self,

@@ -24,21 +24,23 @@ difference is how a follower waits (see :mod:`querycache.integration.io`).
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from querycache.analysis import ALL
 from querycache.analysis.footprints import WriteSpec
 from querycache.errors import OptionError
-from querycache.integration.cursor import DEFERRED, ReplayCursor
-from querycache.integration.drivers import in_transaction
+from querycache.integration.cursor import DEFERRED, ChainCursor, ReplayCursor, TeeCursor
+from querycache.integration.drivers import BEGAN_KEY, in_transaction, transaction_ended
 from querycache.integration.identity import IDENT_KEY
 from querycache.integration.shared import release_lease
 from querycache.invalidation.images import PendingKeys, bind_write
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import TRUSTED, Opaque, exact_params
 from querycache.tiers.base import Entry, thaw
-from querycache.tiers.sizing import measure
+from querycache.tiers.sizing import measure, rows_size
 
 if TYPE_CHECKING:
     from querycache.integration.engine import EngineBinding
@@ -151,6 +153,11 @@ class CachingContext:
             self._qc_abandon()
         if self.cursor is DEFERRED:  # type: ignore[has-type]
             self.cursor = self._qc_real_cursor()
+        if type(self.cursor) is not ReplayCursor:  # the driver runs this statement
+            try:
+                self._dbapi_connection.info[BEGAN_KEY] = True  # type: ignore[attr-defined]
+            except NotImplementedError:
+                pass
         super().pre_exec()  # type: ignore[misc]
 
     def _qc_serve(self, entry: Entry) -> None:
@@ -181,6 +188,8 @@ class CachingContext:
         if self._qc_after is not None:
             try:
                 self._qc.after(self, self._qc_after)
+                if self._qc_after != "write":  # a COMMIT or ROLLBACK sent as text
+                    transaction_ended(self._dbapi_connection.info)  # type: ignore[attr-defined]
             except Exception as exc:
                 self._qc.core.failed("after execute", exc)
 
@@ -191,34 +200,53 @@ class CachingContext:
         cursor = self.cursor  # type: ignore[has-type]
         try:
             description = cursor.description
-            if description is None:  # not a row-returning statement after all
-                self._qc_miss = miss
-                self._qc_abandon()
-                return
-            rows = cursor.fetchall()
-            rowcount = cursor.rowcount
-        except Exception:
-            if _fetch_can_resume(cursor):
-                # psycopg converts rows as they are fetched and keeps its place
-                # when one fails: SQLAlchemy gets the live cursor, uncached, so a
-                # row that cannot be converted fails only if the caller fetches it
-                self._qc_miss = miss
-                self._qc_abandon()
-                miss.qs.not_stored["a row failed to load"] += 1
-                return
-            # a database error while fetching: it reaches the caller unchanged
-            if miss.flight is not None:
-                self._qc.core.flights.land(miss.key, miss.flight, None)
-            raise
         except BaseException:
-            if miss.flight is not None:
-                self._qc.core.flights.land(miss.key, miss.flight, None)
+            self._qc_miss = miss
+            self._qc_abandon()
             raise
-        elapsed = _perf() - miss.started
-        if rows and type(rows[0]) is not tuple:
-            rows = [tuple(r) for r in rows]
+        if description is None:  # not a row-returning statement after all
+            self._qc_miss = miss
+            self._qc_abandon()
+            return
         if type(description) is not tuple or (description and type(description[0]) is not tuple):
             description = plain_description(miss.plan, miss.key[0], description)
+        if self._is_server_side:
+            self._qc_tee(miss, cursor, description)
+            return
+        limit = self._qc.memory.max_entry_bytes
+        rows: list[Any] = []
+        size = 0
+        want = _FIRST_CHUNK
+        try:
+            while True:
+                got = _fill(cursor, rows, want)
+                if got < want:
+                    break  # the whole result
+                size += rows_size(rows[-got:])
+                if size > limit:  # stream the rest: fetched ahead only this far
+                    self.cursor = ChainCursor(description, _tuples(rows), cursor)
+                    self._qc_unstored(miss, "larger than max_entry_bytes")
+                    return
+                want = min(_MAX_CHUNK, max(_FIRST_CHUNK, (limit - size) * len(rows) // size + 1))
+            rowcount = cursor.rowcount
+        except Exception as exc:
+            # the rows before the failure reach the caller, then the failure
+            # does, at the fetch where the driver's own cursor raises it
+            if _fetch_can_resume(cursor):
+                # psycopg converts rows as they are fetched and keeps its place
+                # when one fails: the live cursor takes over after the rows read
+                self.cursor = ChainCursor(description, _tuples(rows), cursor)
+                self._qc_unstored(miss, "a row failed to load")
+            else:
+                self.cursor = ChainCursor(description, _tuples(rows), cursor, exc)
+                self._qc_unstored(miss, "the database failed while reading")
+            return
+        except BaseException:
+            self._qc_miss = miss
+            self._qc_abandon()
+            raise
+        elapsed = _perf() - miss.started
+        rows = _tuples(rows)
         self.cursor = ReplayCursor(description, rows, rowcount)
         try:
             cursor.close()
@@ -232,6 +260,62 @@ class CachingContext:
             self._qc.core.failed("store", exc)
             if miss.flight is not None:
                 self._qc.core.flights.land(miss.key, miss.flight, None)
+
+    def _qc_unstored(self, miss: Miss, reason: str) -> None:
+        """A miss whose result will not be stored: account, wake followers."""
+        miss.qs.misses += 1
+        miss.qs.not_stored[reason] += 1
+        self._qc_miss = miss
+        self._qc_abandon()
+
+    def _qc_tee(self, miss: Miss, cursor: Any, description: Any) -> None:
+        """A server-side cursor: every fetch goes to the driver when the caller
+        makes it (rows computed lazily, errors where they happen); the rows
+        are stored once the caller has read them all, if they fit."""
+        if miss.flight is not None:  # followers run their own: this may take long
+            self._qc.core.flights.land(miss.key, miss.flight, None)
+            miss.flight = None
+        binding = self._qc
+
+        def done(rows: list[tuple[Any, ...]]) -> None:
+            try:
+                elapsed = _perf() - miss.started
+                binding.store(self, miss, description, rows, cursor.rowcount, elapsed)
+            except Exception as exc:
+                binding.core.failed("store", exc)
+
+        def dropped(reason: str) -> None:
+            try:
+                self._qc_unstored(miss, reason)
+            except Exception as exc:
+                binding.core.failed("store", exc)
+
+        self.cursor = TeeCursor(cursor, description, binding.memory.max_entry_bytes, done, dropped)
+
+
+_FIRST_CHUNK = 64
+_MAX_CHUNK = 10_000
+
+
+def _fill(cursor: Any, rows: list[Any], n: int) -> int:
+    """Append up to ``n`` rows of ``cursor`` to ``rows``; return how many.
+
+    On sqlite3 the rows are taken one by one in C (``list.extend`` keeps the
+    ones it got when the next fails), so a failure mid-chunk leaves exactly
+    the rows the driver returned before it; elsewhere ``fetchmany``."""
+    before = len(rows)
+    if type(cursor) is sqlite3.Cursor:
+        rows.extend(islice(cursor, n))
+        return len(rows) - before
+    chunk = cursor.fetchmany(n)
+    rows.extend(chunk)
+    return len(chunk)
+
+
+def _tuples(rows: list[Any]) -> list[tuple[Any, ...]]:
+    if rows and type(rows[0]) is not tuple:
+        return [tuple(r) for r in rows]
+    return rows
 
 
 def _fetch_can_resume(cursor: Any) -> bool:

@@ -35,11 +35,25 @@ from querycache.integration.context import (
     record_image,
     record_write,
 )
-from querycache.integration.drivers import in_transaction
+from querycache.integration.drivers import (
+    called_from_outside,
+    foreign_transaction,
+    in_transaction,
+    mark_raw,
+    transaction_ended,
+)
 from querycache.integration.identity import IDENT_KEY, SCOPE_KEY, ConnectionIdentities
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
+from querycache.integration.txhooks import (
+    attach_twophase,
+    checked_in,
+    clear_failed,
+    guarded,
+    info_of,
+    mark_failed,
+)
 from querycache.invalidation.images import merge_parts
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import connection_settings, private_memory, result_identity, scope_of
@@ -250,6 +264,8 @@ class EngineBinding:
         store = state is None or not state.has_writes
         if store and self.dialect_name == "sqlite" and in_transaction(ctx._dbapi_connection):
             store = False
+        if store and self.check_isolation and foreign_transaction(ctx._dbapi_connection):
+            store = False  # a transaction begun behind SQLAlchemy's back (raw DBAPI use)
         snapshot = self.capture(plan, ctx.parameters[0], scope)
         ttl = opts.get("querycache_ttl") or core.ttl
         miss = Miss(key, plan, qs, snapshot, None, store, ttl, capture)
@@ -455,7 +471,7 @@ class EngineBinding:
 
     # -- transaction ends -------------------------------------------------------
     def apply_pending(self, fairy: Any) -> None:
-        info = _info_of(fairy)
+        info = info_of(fairy)
         state = info.get(STATE_KEY) if info is not None else None
         if state is None:
             return
@@ -476,7 +492,7 @@ class EngineBinding:
             self.core.invalidate_scope(scope, frozenset(written), self.is_async, images)
 
     def drop_pending(self, fairy: Any) -> None:
-        info = _info_of(fairy)
+        info = info_of(fairy)
         state = info.get(STATE_KEY) if info is not None else None
         if state is None:
             return
@@ -496,35 +512,65 @@ def attach(core: QueryCache, engine: Engine) -> EngineBinding:
 
     original_commit = dialect.do_commit
     original_rollback = dialect.do_rollback
+    original_to_savepoint = dialect.do_rollback_to_savepoint
+    pg = dialect.name == "postgresql"
 
     def do_commit(dbapi_connection: Any) -> None:
         try:
             original_commit(dbapi_connection)
         finally:
             # also when commit raised: it may have committed before failing
-            _guarded(core, "commit", binding.apply_pending, dbapi_connection)
+            guarded(core, "commit", binding.apply_pending, dbapi_connection)
+            guarded(core, "commit", transaction_ended, info_of(dbapi_connection))
 
     def do_rollback(dbapi_connection: Any) -> None:
         try:
             original_rollback(dbapi_connection)
         finally:
-            _guarded(core, "rollback", binding.drop_pending, dbapi_connection)
+            guarded(core, "rollback", binding.drop_pending, dbapi_connection)
+            guarded(core, "rollback", transaction_ended, info_of(dbapi_connection))
+
+    def do_rollback_to_savepoint(connection: Any, name: str) -> None:
+        original_to_savepoint(connection, name)
+        # a PostgreSQL transaction that failed after the savepoint works again
+        guarded(core, "rollback", clear_failed, connection._dbapi_connection)
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
+    attach_twophase(core, binding, dialect)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(exc_ctx: Any) -> None:
         ctx = exc_ctx.execution_context
         if ctx is not None and getattr(ctx, "_qc_miss", None) is not None:
             ctx._qc_abandon()
+        if pg and not exc_ctx.is_disconnect:
+            # also for an error raised while the caller fetched rows
+            conn = ctx if ctx is not None else exc_ctx.connection
+            fairy = getattr(conn, "_dbapi_connection", None)
+            guarded(core, "error", mark_failed, fairy)
 
     @event.listens_for(engine.pool, "invalidate")
     def _on_invalidate(dbapi_conn: Any, record: Any, exception: Any) -> None:
         state = record.info.get(STATE_KEY) if record is not None else None
         if state is not None and state.has_writes:
-            _guarded(core, "invalidate", binding.apply_pending, _RecordView(record))
+            guarded(core, "invalidate", binding.apply_pending, _RecordView(record))
 
+    @event.listens_for(engine.pool, "checkin")
+    def _on_checkin(dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            guarded(core, "checkin", checked_in, record.info)
+
+    original_raw = engine.raw_connection
+
+    def raw_connection() -> Any:
+        fairy = original_raw()
+        if called_from_outside(2):  # handed to user code, not to a Connection
+            guarded(core, "raw connection", mark_raw, fairy)
+        return fairy
+
+    engine.raw_connection = raw_connection  # type: ignore[method-assign]
     return binding
 
 
@@ -535,14 +581,6 @@ def _relations(analysis: Any) -> frozenset[str]:
     return analysis.tables_read | written  # type: ignore[no-any-return]
 
 
-def _info_of(fairy: Any) -> dict[str, Any] | None:
-    # the ad-hoc connection SQLAlchemy uses while first connecting has no info
-    try:
-        return fairy.info  # type: ignore[no-any-return]
-    except NotImplementedError:
-        return None
-
-
 class _RecordView:
     """Gives a pool record the ``info`` attribute a connection fairy has."""
 
@@ -550,10 +588,3 @@ class _RecordView:
 
     def __init__(self, record: Any) -> None:
         self.info = record.info
-
-
-def _guarded(core: QueryCache, where: str, fn: Any, arg: Any) -> None:
-    try:
-        fn(arg)
-    except Exception as exc:
-        core.failed(where, exc)

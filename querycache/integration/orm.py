@@ -179,6 +179,8 @@ class OrmFastPath:
             return None
         connections = [bind] if isinstance(bind, Connection) else []
         tx = session._transaction
+        if tx is not None and not tx.is_active:
+            return None  # failed or ending: the normal path raises what it must
         while tx is not None:  # a savepoint's enclosing transactions too
             connections += [entry[0] for entry in tx._connections.values()]
             tx = tx._parent

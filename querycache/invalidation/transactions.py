@@ -16,6 +16,11 @@ connection with no state is *clean*: its reads take the fast path.
   statements (PostgreSQL REPEATABLE READ / SERIALIZABLE): reads bypass.
 * ``tainted``: the connection ran ``SET ROLE``, ``SET search_path`` or the
   like; results may depend on it, so its reads bypass for good.
+* ``failed``: a statement failed inside this PostgreSQL transaction; until it
+  ends (rollback, or ``ROLLBACK TO SAVEPOINT``) every read goes to the driver,
+  which raises what the database says (``InFailedSqlTransaction``).
+* ``raw``: the DBAPI connection was handed to code outside SQLAlchemy since
+  its checkout; what that code did is unknown, so reads bypass until checkin.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ STATE_KEY = "querycache.tx"
 class TxState:
     """Pending invalidations and read restrictions of one connection."""
 
-    __slots__ = ("ddl", "everything", "images", "snapshot", "tainted", "written")
+    __slots__ = (
+        "ddl",
+        "everything",
+        "failed",
+        "images",
+        "raw",
+        "snapshot",
+        "tainted",
+        "written",
+    )
 
     def __init__(self) -> None:
         self.written: set[str] = set()
@@ -40,6 +54,8 @@ class TxState:
         self.everything = False
         self.snapshot = False
         self.tainted = False
+        self.failed = False
+        self.raw = False
 
     @property
     def has_writes(self) -> bool:
@@ -47,6 +63,10 @@ class TxState:
 
     def blocks_read_of(self, tables: frozenset[str]) -> str | None:
         """Why a read of ``tables`` must bypass the cache here, if it must."""
+        if self.failed:
+            return "transaction failed"
+        if self.raw:
+            return "connection used raw"
         if self.tainted:
             return "connection settings changed"
         if self.snapshot:
@@ -64,7 +84,15 @@ class TxState:
     @property
     def idle(self) -> bool:
         """True when nothing remains worth keeping."""
-        return not (self.written or self.everything or self.snapshot or self.tainted or self.ddl)
+        return not (
+            self.written
+            or self.everything
+            or self.snapshot
+            or self.tainted
+            or self.ddl
+            or self.failed
+            or self.raw
+        )
 
 
 def state_of(info: dict[str, Any]) -> TxState:
