@@ -311,9 +311,9 @@ class QueryCache:
         images: Mapping[str, Any] | None = None,
     ) -> None:
         written = tables
+        catalog = self.catalogs.get(scope)
         if tables is not None:
             tables = self._expand_views(tables)
-            catalog = self.catalogs.get(scope)
             if catalog is not None:
                 tables = catalog.expand_writes(tables)
         writes: dict[str, Any] | None = None
@@ -324,7 +324,6 @@ class QueryCache:
             if images and tables == written:
                 # an image is trusted only when nothing hidden (a view, a
                 # cascade, a trigger) widens the write
-                catalog = self.catalogs.get(scope)
                 hidden = catalog.triggered if catalog is not None else ()
                 for t, image in images.items():
                     if t in writes and t not in hidden:

@@ -254,7 +254,7 @@ def exact(v: Any) -> Any:
         return (t, v.name, exact(v.value))
     if isinstance(v, uuid.UUID):  # asyncpg's own UUID class
         return (t, v.int)
-    if t in _ADDRESSES:
+    if t in ADDRESSES:
         return (t, str(v))
     wrapped = _WRAPPERS.get(f"{t.__module__}.{t.__qualname__}")
     if wrapped is not None:
@@ -266,7 +266,8 @@ def _first(item: tuple[str, Any]) -> str:
     return item[0]
 
 
-_ADDRESSES = frozenset(
+#: the ``ipaddress`` value types (exact by their text; immutable)
+ADDRESSES = frozenset(
     getattr(ipaddress, f"IPv{v}{kind}")
     for v in (4, 6)
     for kind in ("Address", "Network", "Interface")

@@ -62,8 +62,8 @@ class Report:
                 out.append(f"  {'':>52}  {q['admission']}")
             if q["writes_skipped"] or q["writes_dropping"]:
                 out.append(
-                    f"  {'':>52}  writes to its tables: {q['writes_dropping']} dropped "
-                    f"entries, {q['writes_skipped']} skipped (could not affect it)"
+                    f"  {'':>52}  of the writes to its tables, {q['writes_dropping']} "
+                    f"dropped some of its entries, {q['writes_skipped']} could not affect it"
                 )
         if len(d["queries"]) > limit:
             out.append(f"  ... {len(d['queries']) - limit} more queries")

@@ -12,38 +12,36 @@ import copy
 import datetime
 import decimal
 import enum
-import ipaddress
 import sys
 import uuid
 from typing import Any
+
+from querycache.keys import ADDRESSES
 
 getsizeof = _getsizeof = sys.getsizeof
 _SAMPLE = 64
 _FREE = (type(None), bool)
 
 #: types whose values nobody can change: handed to every hit as they are
-IMMUTABLE = frozenset(
-    {
-        type(None),
-        bool,
-        int,
-        float,
-        complex,
-        str,
-        bytes,
-        decimal.Decimal,
-        uuid.UUID,
-        datetime.date,
-        datetime.datetime,
-        datetime.time,
-        datetime.timedelta,
-        ipaddress.IPv4Address,
-        ipaddress.IPv6Address,
-        ipaddress.IPv4Network,
-        ipaddress.IPv6Network,
-        ipaddress.IPv4Interface,
-        ipaddress.IPv6Interface,
-    }
+IMMUTABLE = (
+    frozenset(
+        {
+            type(None),
+            bool,
+            int,
+            float,
+            complex,
+            str,
+            bytes,
+            decimal.Decimal,
+            uuid.UUID,
+            datetime.date,
+            datetime.datetime,
+            datetime.time,
+            datetime.timedelta,
+        }
+    )
+    | ADDRESSES
 )
 
 
