@@ -234,12 +234,10 @@ class QueryCache:
             binding = attach(self, sync)
             if not binding.private:
                 local.register(self, binding.scope)
-            if self.settings.discover_views:
-                # async engines can only do I/O inside their event loop: on
-                # their first execution instead
-                binding.catalog_pending = True
-                if not sync.dialect.is_async:
-                    self._discover_now(sync, binding)
+            # read on the first statement that needs it (not here: an engine
+            # that only runs DDL, or is never used, costs no catalog queries;
+            # async engines can only do I/O inside their event loop anyway)
+            binding.catalog_pending = self.settings.discover_views
             self._bindings[id(sync.dialect)] = binding
             if self.redis is not None:
                 self._scope_ids[self.redis.scope_id(binding.scope)] = binding.scope
@@ -410,18 +408,6 @@ class QueryCache:
     def _scopes(self) -> set[str]:
         return {s for b in self._bindings.values() for s in b.scopes}
 
-    def _discover_now(self, engine: Engine, binding: EngineBinding) -> None:
-        try:
-            raw = engine.raw_connection()
-        except Exception as exc:  # the database may be down: try again on first use
-            self.failed("catalog discovery", exc)
-            return
-        try:
-            self.discover(binding, raw)
-            raw.rollback()
-        finally:
-            raw.close()
-
     def discover(self, binding: EngineBinding, dbapi_connection: Any) -> None:
         """Read the hidden dependencies of ``binding``'s database (never raises)."""
         binding.catalog_pending = False
@@ -441,6 +427,19 @@ class QueryCache:
         self.catalogs[scope] = catalog
         self.add_views(catalog.views)
         self.add_never_cache(catalog.uncacheable)
+
+    def apply_ddl(self, scope: str, deltas: list[Any] | None) -> bool:
+        """Bring the catalog of ``scope`` up to date with committed DDL whose
+        text says what it created (:mod:`~querycache.integration.ddl`);
+        False: the catalog must be read again."""
+        catalog = self.catalogs.get(scope)
+        if deltas is None or catalog is None:
+            return False
+        new = catalog.with_ddl(deltas)
+        if new is None:
+            return False
+        self.catalogs[scope] = new
+        return True
 
     def add_views(self, views: Mapping[str, Iterable[str]]) -> None:
         if not views:

@@ -4,9 +4,10 @@ A statement's text names the tables it touches, but the database may touch
 more: a view reads its base tables, ``ON DELETE CASCADE`` writes the child
 table, a trigger writes whatever its body writes, and a function called from
 a ``SELECT`` may write. :func:`read_catalog` collects these once per engine
-(at ``wrap()`` for sync engines, on the first execution for async ones, and
-again after any DDL commits) with a raw DBAPI cursor, never through the
-cache:
+(on the first read or write through the engine that may depend on them, and
+again on the first such statement after DDL commits; DDL itself and reads of
+the system catalog never trigger a read) on the statement's own DBAPI
+connection, never through the cache:
 
 * ``views``: view → tables it reads (added to the reads of its readers);
 * ``cascades``: table → tables a write to it may also write (foreign-key
@@ -40,11 +41,14 @@ names inside a non-temp view or trigger resolve in that view's own database.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from querycache.integration.calls import body_writes, call_pattern, called_writes, writer_closure
+from querycache.integration.ddl import DdlDelta
 
 __all__ = ["Catalog", "body_writes", "read_catalog"]
 
@@ -154,6 +158,22 @@ class Catalog:
     writer_views: dict[str, set[str] | None] = field(default_factory=dict)
     _function_pattern: re.Pattern[str] | None = None
     _view_pattern: re.Pattern[str] | None = None
+
+    def with_ddl(self, deltas: Iterable[DdlDelta]) -> Catalog | None:
+        """A copy that also holds what ``deltas`` created, or None when one of
+        them calls a function of this database (only a read can tell)."""
+        deltas = list(deltas)
+        if any(d.functions & self.functions for d in deltas):
+            return None
+        new = copy.copy(self)
+        new.known = set(self.known)
+        new.cascades = {k: set(v) for k, v in self.cascades.items()}
+        for d in deltas:
+            new.known |= d.known
+            for parent, child in d.cascades:
+                new.cascades.setdefault(parent, set()).add(child)
+        new.missing = self.missing - new.known
+        return new
 
     def has_news(self, names: frozenset[str]) -> bool:
         """True (once per name) when ``names`` holds a relation this catalog has

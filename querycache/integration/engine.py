@@ -35,6 +35,7 @@ from querycache.integration.context import (
     record_image,
     record_write,
 )
+from querycache.integration.ddl import ddl_delta
 from querycache.integration.drivers import (
     called_from_outside,
     foreign_transaction,
@@ -180,14 +181,23 @@ class EngineBinding:
             self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
         info = ctx._dbapi_connection.info
         scope = self.scope_for(info)
-        if self.catalog_pending or (
-            self.private and scope not in core.catalogs and core.settings.discover_views
-        ):
-            core.discover(self, ctx._dbapi_connection)
         plan = core.plan(ctx.statement, self.dialect_name)
         analysis = plan.analysis
+        # DDL and reads of the system catalog do not consult it: it is read
+        # when the first statement that needs it arrives (one read per
+        # create_all, not one per CREATE TABLE and one at wrap())
+        needs_catalog = analysis.kind == "write" or (
+            analysis.kind == "read" and not (analysis.reason or "").startswith("system catalog")
+        )
+        if needs_catalog and (
+            self.catalog_pending
+            or (self.private and scope not in core.catalogs and core.settings.discover_views)
+        ):
+            core.discover(self, ctx._dbapi_connection)
+            plan = core.plan(ctx.statement, self.dialect_name)
+            analysis = plan.analysis
         catalog = core.catalogs.get(scope)
-        if catalog is not None and plan.checked is not catalog:
+        if needs_catalog and catalog is not None and plan.checked is not catalog:
             if catalog.has_news(_relations(analysis)):
                 core.discover(self, ctx._dbapi_connection)  # created behind our back
                 plan = core.plan(ctx.statement, self.dialect_name)
@@ -361,7 +371,14 @@ class EngineBinding:
             if where is not None and spec.fetch and not ctx.executemany:
                 self._prefetch(ctx, spec, where)
         if kind == "ddl":
-            state_of(info).ddl = True
+            state = state_of(info)
+            delta = ddl_delta(ctx.statement, self.dialect_name)
+            if not state.ddl:
+                state.ddl, state.ddl_deltas = True, []
+            if delta is None or state.ddl_deltas is None:
+                state.ddl_deltas = None
+            else:
+                state.ddl_deltas.append(delta)
         self.core.count_writes(written)
         ctx._qc_after = "write"
 
@@ -480,10 +497,11 @@ class EngineBinding:
         state.snapshot = False
         scope = self.scope_for(info)
         if state.ddl:
-            state.ddl = False
-            self.catalog_pending = self.core.settings.discover_views
+            deltas, state.ddl, state.ddl_deltas = state.ddl_deltas, False, None
             if self.private:  # that database's catalog: read again on its next use
                 self.core.catalogs.pop(scope, None)
+            elif not self.core.apply_ddl(scope, deltas):
+                self.catalog_pending = self.core.settings.discover_views
         if state.idle:
             info.pop(STATE_KEY, None)
         if everything:
@@ -498,6 +516,7 @@ class EngineBinding:
             return
         state.take_writes()
         state.snapshot = state.ddl = False
+        state.ddl_deltas = None
         if state.idle:
             info.pop(STATE_KEY, None)
 

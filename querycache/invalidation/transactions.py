@@ -37,6 +37,7 @@ class TxState:
 
     __slots__ = (
         "ddl",
+        "ddl_deltas",
         "everything",
         "failed",
         "images",
@@ -51,6 +52,8 @@ class TxState:
         #: per written table, each write's image (None: unknown rows)
         self.images: dict[str, Any] = {}
         self.ddl = False
+        #: what the DDL of this transaction adds to the catalog (None: unknown)
+        self.ddl_deltas: list[Any] | None = None
         self.everything = False
         self.snapshot = False
         self.tainted = False
