@@ -241,6 +241,35 @@ def _rows(dbapi_connection: Any, sql: str) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
+_PG_PARTS = {
+    "relations": (_PG_RELATIONS, 2),
+    "views": (_PG_VIEWS, 2),
+    "definitions": (_PG_VIEW_DEFINITIONS, 2),
+    "cascades": (_PG_CASCADES, 2),
+    "inherits": (_PG_INHERITS, 2),
+    "rule_targets": (_PG_RULE_TARGETS, 2),
+    "rule_functions": (_PG_RULE_FUNCTIONS, 1),
+    "functions": (_PG_FUNCTIONS, 4),
+    "triggers": (_PG_TRIGGERS, 4),
+    "defaults": (_PG_DEFAULTS, 2),
+}
+
+
+def _pg_query() -> str:
+    """Every part in one statement: one round trip and one snapshot."""
+    selects = []
+    for part, (sql, width) in _PG_PARTS.items():
+        names = [f"c{i}" for i in range(width)]
+        cols = [f"{n}::text" for n in names] + ["NULL::text"] * (4 - width)
+        selects.append(
+            f"SELECT '{part}', {', '.join(cols)} FROM ({sql}) AS {part}({', '.join(names)})"
+        )
+    return "\nUNION ALL\n".join(selects)
+
+
+_PG_ALL = _pg_query()
+
+
 def read_catalog(dbapi_connection: Any, dialect_name: str, analyzer: Any) -> Catalog:
     """Read views, cascades, triggers and writing functions of the database."""
     if dialect_name == "postgresql":
@@ -251,33 +280,36 @@ def read_catalog(dbapi_connection: Any, dialect_name: str, analyzer: Any) -> Cat
 
 
 def _postgres(conn: Any, analyzer: Any) -> Catalog:
+    parts: dict[str, list[tuple[Any, ...]]] = {part: [] for part in _PG_PARTS}
+    for part, *row in _rows(conn, _PG_ALL):
+        parts[part].append(tuple(row[: _PG_PARTS[part][1]]))
     cat = Catalog()
-    for name, kind in _rows(conn, _PG_RELATIONS):
+    for name, kind in parts["relations"]:
         cat.known.add(str(name).lower())
         if kind == "S":  # a sequence changes behind every nextval()
             cat.uncacheable.add(str(name).lower())
-    for view, base in _rows(conn, _PG_VIEWS):
+    for view, base in parts["views"]:
         cat.views.setdefault(str(view).lower(), set()).add(str(base).lower())
-    definitions = _rows(conn, _PG_VIEW_DEFINITIONS)
+    definitions = parts["definitions"]
     for view, definition in definitions:
         if not analyzer.analyze(str(definition or ""), "postgresql").cacheable:
             cat.uncacheable.add(str(view).lower())
-    for parent, child in _rows(conn, _PG_CASCADES):
+    for parent, child in parts["cascades"]:
         cat.cascades.setdefault(str(parent).lower(), set()).add(str(child).lower())
-    for parent, child in _rows(conn, _PG_INHERITS):
+    for parent, child in parts["inherits"]:
         parent, child = str(parent).lower(), str(child).lower()
         cat.cascades.setdefault(parent, set()).add(child)
         cat.cascades.setdefault(child, set()).add(parent)
-    for table, target in _rows(conn, _PG_RULE_TARGETS):
+    for table, target in parts["rule_targets"]:
         cat.cascades.setdefault(str(table).lower(), set()).add(str(target).lower())
-    for (table,) in _rows(conn, _PG_RULE_FUNCTIONS):
+    for (table,) in parts["rule_functions"]:
         cat.writes_everything.add(str(table).lower())
-    functions = _rows(conn, _PG_FUNCTIONS)
+    functions = parts["functions"]
     for name, *_ in functions:
         cat.functions.add(str(name).lower())
     cat.writer_functions = writer_closure(functions)
     calls = call_pattern(cat.writer_functions) if cat.writer_functions else None
-    for table, language, source, function in _rows(conn, _PG_TRIGGERS):
+    for table, language, source, function in parts["triggers"]:
         table = str(table).lower()
         cat.triggered.add(table)
         function = str(function).lower()
@@ -291,7 +323,7 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
             cat.cascades.setdefault(table, set()).update(written)
     if calls is not None:  # views, column defaults and checks calling a writing function
         _writer_views(cat, calls, definitions)
-        for table, expression in _rows(conn, _PG_DEFAULTS):
+        for table, expression in parts["defaults"]:
             table = str(table).lower()
             written = called_writes(calls, cat.writer_functions, str(expression or ""))
             if written is None:
