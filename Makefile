@@ -25,6 +25,10 @@ test: $(STAMP) servers
 bench: $(STAMP) servers
 	$(BIN)/python -m benchmarks
 
+## Write-through refresh: read hit ratio with refresh_on_write off and on.
+bench-refresh: $(STAMP) servers
+	$(BIN)/python -m benchmarks.bench_refresh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check querycache

@@ -29,9 +29,11 @@ from querycache.integration.orm import OrmFastPath
 from querycache.invalidation import local
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.cells import CellRegistry
+from querycache.refresh import Refresher
 from querycache.report import Report, build_report
 from querycache.settings import Settings, number
 from querycache.singleflight import Flights
+from querycache.staleness import check_max_stale
 from querycache.stats import QueryStats, Stats
 from querycache.tiers.codec import Codec
 from querycache.tiers.connections import RedisClients
@@ -126,6 +128,15 @@ class QueryCache:
         while (see :mod:`querycache.admission`; per statement
         ``execution_options(querycache_admission="always")``); ``"always"``:
         store every cacheable result.
+    :param refresh_on_write: after a commit, re-execute (in the background, on
+        a connection of its own) the N entries it invalidated that had the
+        most hits, so that the next reader hits (:mod:`querycache.refresh`).
+    :param refresh_budget: seconds ``commit()`` waits for those refreshes at
+        most; the rest finish in the background.
+    :param max_stale: table names or fingerprint ids → seconds an invalidated
+        entry of theirs may still be served while one refresh runs (per
+        statement: ``execution_options(querycache_max_stale=...)``; see
+        :mod:`querycache.staleness`). Never stale without it.
     """
 
     def __init__(
@@ -150,6 +161,9 @@ class QueryCache:
         hash_params: bool = True,
         invalidation: str = "precise",
         admission: str = "adaptive",
+        refresh_on_write: int = 0,
+        refresh_budget: float = 0.005,
+        max_stale: Mapping[str, float] | None = None,
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -183,6 +197,11 @@ class QueryCache:
         )
         self.flights = Flights()
         self.stats = Stats()
+        number("refresh_on_write", refresh_on_write, allow_zero=True, integer=True)
+        number("refresh_budget", refresh_budget, allow_zero=True)
+        self.refresher = Refresher(
+            self, refresh_on_write, float(refresh_budget), check_max_stale(max_stale)
+        )
         self._plans: dict[tuple[str, str], Plan] = {}
         self._lock = threading.RLock()
         self._bindings: dict[int, EngineBinding] = {}
@@ -298,8 +317,10 @@ class QueryCache:
         message to the other processes; then the other caches of this process
         on ``scope`` (:mod:`.invalidation.local`).
         """
-        self._apply_scope(scope, tables, is_async, images)
+        jobs = self._apply_scope(scope, tables, is_async, images)
         local.forward(self, scope, tables, is_async, images)
+        if jobs:
+            self.refresher.wait(jobs, is_async)
 
     def _apply_scope(
         self,
@@ -307,7 +328,7 @@ class QueryCache:
         tables: frozenset[str] | None,
         is_async: bool | None,
         images: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> Any:
         written = tables
         catalog = self.catalogs.get(scope)
         if tables is not None:
@@ -328,13 +349,16 @@ class QueryCache:
                         writes[t] = image
         else:
             self.stats.events["invalidate everything"] += 1
-        dropped = self.memory.invalidate(scope, writes)
+        refreshable: list[Any] | None = [] if self.refresher.armed else None
+        dropped = self.memory.invalidate(scope, writes, refreshable)
         for t, n in dropped.items():
             ts = self.stats.table(t)
             ts.entries_dropped += n
             ts.drop_share += min(1.0, n / max(1, self.memory.entries_of(scope, t)))
         if self.redis is not None:
             self.redis.bump(scope, tables, is_async)
+        # after Redis too: a refresh must not read Redis's old entry back
+        return self.refresher.invalidated(tables, refreshable) if refreshable else None
 
     def _remote_invalidation(self, scope_id: str, tables: frozenset[str] | None) -> None:
         if scope_id == "*":
@@ -363,6 +387,7 @@ class QueryCache:
     def close(self) -> None:
         """Stop the bus thread, close Redis clients, drop the memory tier."""
         self._closed = True
+        self.refresher.close()
         local.unregister(self)
         if self.bus is not None:
             self.bus.stop()

@@ -32,6 +32,9 @@ class QueryStats:
         "misses",
         "not_stored",
         "redis_hits",
+        "stale_age",
+        "stale_age_max",
+        "stale_hits",
         "stores",
         "tables",
         "writes_dropping",
@@ -59,6 +62,11 @@ class QueryStats:
         self.dropped_unused = 0
         #: the :class:`~querycache.admission.Admission` of this fingerprint
         self.admission: Any = None
+        #: hits served from an invalidated entry within its max_stale bound,
+        #: the sum and the largest of their ages (seconds since the commit)
+        self.stale_hits = 0
+        self.stale_age = 0.0
+        self.stale_age_max = 0.0
 
     @property
     def hits(self) -> int:
@@ -96,6 +104,8 @@ class Stats:
         self.errors: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.degraded: list[dict[str, Any]] = []
+        #: background re-executions (:mod:`querycache.refresh`), by outcome
+        self.refresh: Counter[str] = Counter()
 
     def query(self, fingerprint: str, fingerprint_id: str, tables: frozenset[str]) -> QueryStats:
         """The counters of a fingerprint, created on first sight."""
@@ -126,3 +136,4 @@ class Stats:
             self.errors.clear()
             self.events.clear()
             self.degraded.clear()
+            self.refresh.clear()

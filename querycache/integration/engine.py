@@ -58,6 +58,8 @@ from querycache.integration.txhooks import (
 from querycache.invalidation.images import merge_parts
 from querycache.invalidation.transactions import STATE_KEY, state_of
 from querycache.keys import connection_settings, private_memory, result_identity, scope_of
+from querycache.refresh import REFRESH_OPTION
+from querycache.staleness import MAX_STALE_OPTION, check_option
 from querycache.tiers.base import Entry
 
 if TYPE_CHECKING:
@@ -68,7 +70,7 @@ __all__ = ["EngineBinding", "attach"]
 log = logging.getLogger("querycache")
 
 SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE"})
-_OPTIONS = {"querycache", "querycache_ttl", "querycache_admission"}
+_OPTIONS = {"querycache", "querycache_ttl", "querycache_admission", MAX_STALE_OPTION}
 
 
 class EngineBinding:
@@ -150,8 +152,9 @@ class EngineBinding:
             if name.startswith("querycache") and name not in _OPTIONS:
                 raise OptionError(
                     f"unknown execution option {name!r}; querycache knows "
-                    f"'querycache' (bool), 'querycache_ttl' (seconds > 0) and "
-                    f"'querycache_admission' ('always' or 'adaptive')"
+                    f"'querycache' (bool), 'querycache_ttl' (seconds > 0), "
+                    f"'querycache_admission' ('always' or 'adaptive') and "
+                    f"'querycache_max_stale' (seconds >= 0)"
                 )
         flag = opts.get("querycache", True)
         if not isinstance(flag, bool):
@@ -162,6 +165,8 @@ class EngineBinding:
                 "execution option 'querycache_admission' must be 'always' or 'adaptive', "
                 f"not {admission!r}"
             )
+        if opts.get(MAX_STALE_OPTION) is not None:
+            check_option(opts[MAX_STALE_OPTION])
         ttl = opts.get("querycache_ttl")
         if ttl is not None and (
             isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
@@ -256,6 +261,8 @@ class EngineBinding:
                 capture.entry, capture.storable = entry, True
                 capture.snapshot = self.capture(plan, ctx.parameters[0], scope)
             return
+        if core.refresher.stale.held and core.refresher.serve_stale(ctx, key, plan, capture):
+            return  # invalidated, but this statement opted into bounded staleness
         # a parameter such as 'now' makes the database read its clock: never
         # stored, so never hit (checked here, on the miss path only)
         if params_read_clock(ctx.parameters[0], self.dialect_name) is not None:
@@ -310,6 +317,8 @@ class EngineBinding:
         """A Redis hit: fill the memory tier, serve, wake this process's followers."""
         qs = miss.qs
         entry.stats = qs
+        if self.core.refresher.active or ctx.execution_options:
+            self.core.refresher.prepare(ctx, miss, entry)
         if miss.store and entry.size <= self.memory.max_entry_bytes:
             ttl = miss.ttl
             if entry.expires:
@@ -449,10 +458,14 @@ class EngineBinding:
         """Account for a miss and store its result when that is safe."""
         t0 = time.perf_counter()
         qs = miss.qs
-        qs.misses += 1
-        qs.db_seconds += elapsed
+        opts = ctx.execution_options
+        if REFRESH_OPTION not in opts:  # a refresh is counted in the report's "refresh"
+            qs.misses += 1
+            qs.db_seconds += elapsed
         entry = entry_for(description, rows, rowcount)
         entry.stats = qs
+        if self.core.refresher.active or opts:
+            self.core.refresher.prepare(ctx, miss, entry)
         stored = False
         if not miss.store:
             qs.not_stored["read inside a transaction"] += 1

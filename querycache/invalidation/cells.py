@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 from querycache.analysis.footprints import ReadFootprint
@@ -99,6 +100,7 @@ class CellRegistry:
         #: that a commit does not pay for freeing a column's 200,000 cells)
         self.graveyard: list[dict[Any, Cell]] = []
         self._killed: list[Cell] = []  # during one table's kill, for the report
+        self._collect: list[tuple[Any, ...]] | None = None  # keys of killed cells, if asked
 
     # -- readers ---------------------------------------------------------------
     def capture(
@@ -140,26 +142,37 @@ class CellRegistry:
             return tuple(cells)
 
     # -- writers ---------------------------------------------------------------
-    def kill(self, scope: str, writes: dict[str, Image | None] | None) -> dict[str, int]:
+    def kill(
+        self,
+        scope: str,
+        writes: dict[str, Image | None] | None,
+        collect: list[tuple[Any, ...]] | None = None,
+    ) -> dict[str, int]:
         """Apply committed writes: per table its image (``None``: unknown rows);
         ``writes=None``: anything in ``scope``. Returns, per table, how many
-        entries the write made unreachable (counting cells, not entries)."""
-        dropped: dict[str, int] = {}
+        entries the write made unreachable (counting cells, not entries).
+        ``collect`` receives, per killed cell, (up to 4096 of) its entries' keys."""
         with self.lock:
-            s = self._scopes.get(scope)
-            if s is None:
-                return dropped
-            if writes is None:
-                self._die(s.epoch)
-                s.epoch = Cell()
-                return dropped
-            for table, image in writes.items():
-                groups = s.tables.get(table)
-                if groups:
-                    image = image if self.precise else None
-                    dropped[table] = self._kill_table(
-                        groups, image, scope.startswith("sqlite"), writes
-                    )
+            self._collect = collect
+            try:
+                return self._kill(scope, writes)
+            finally:
+                self._collect = None
+
+    def _kill(self, scope: str, writes: dict[str, Image | None] | None) -> dict[str, int]:
+        dropped: dict[str, int] = {}
+        s = self._scopes.get(scope)
+        if s is None:
+            return dropped
+        if writes is None:
+            self._die(s.epoch)
+            s.epoch = Cell()
+            return dropped
+        for table, image in writes.items():
+            groups = s.tables.get(table)
+            if groups:
+                image = image if self.precise else None
+                dropped[table] = self._kill_table(groups, image, scope.startswith("sqlite"), writes)
         return dropped
 
     def kill_all(self) -> None:
@@ -193,6 +206,8 @@ class CellRegistry:
     def _die(self, cell: Cell) -> None:
         cell.dead = True
         if cell.keys:
+            if self._collect is not None:  # before reclaim can pop them
+                self._collect.append(tuple(islice(cell.keys, 4096)))
             self.dead.append(cell)
             self._killed.append(cell)
 

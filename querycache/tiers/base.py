@@ -26,6 +26,7 @@ class Entry:
         "expires",
         "key",
         "mutable",
+        "refresh",
         "rowcount",
         "rows",
         "size",
@@ -53,6 +54,9 @@ class Entry:
         # rows hold values not provably immutable (JSON, arrays, driver
         # objects): each hit gets its own copies
         self.mutable = False
+        #: what re-executing it takes (:mod:`querycache.refresh`), only for
+        #: entries that may be refreshed
+        self.refresh: Any = None
 
 
 def _copy(v: Any) -> Any:

@@ -69,6 +69,13 @@ class MemoryTier:
         entry.used = True
         return entry
 
+    def peek(self, key: Any) -> Entry | None:
+        """The live entry under ``key`` without touching it (not for the hit path)."""
+        entry = self._data.get(key)
+        if entry is None or entry.expires < _monotonic() or any(c.dead for c in entry.cells):
+            return None
+        return entry
+
     def put(
         self,
         key: Any,
@@ -161,15 +168,28 @@ class MemoryTier:
         return removed
 
     def invalidate(
-        self, scope: str, writes: dict[str, Any] | frozenset[str] | None
+        self,
+        scope: str,
+        writes: dict[str, Any] | frozenset[str] | None,
+        refreshable: list[Any] | None = None,
     ) -> dict[str, int]:
         """Kill the cells ``writes`` may touch: per table its
         :class:`~querycache.invalidation.images.Image` or ``None`` (unknown
         rows); a set of table names (all unknown); ``None``: all of ``scope``.
-        Returns, per table, how many entries became unreachable (at once)."""
+        Returns, per table, how many entries became unreachable (at once).
+        ``refreshable`` receives the killed entries that have a refresh record."""
         if writes is not None and not isinstance(writes, dict):
             writes = dict.fromkeys(writes)
-        killed = self.cells.kill(scope, writes)
+        keys: list[tuple[Any, ...]] | None = [] if refreshable is not None else None
+        killed = self.cells.kill(scope, writes, keys)
+        if keys:
+            data, seen = self._data, set()
+            for some in keys:
+                for key in some:
+                    entry = data.get(key)
+                    if entry is not None and entry.refresh is not None and key not in seen:
+                        seen.add(key)
+                        refreshable.append(entry)  # type: ignore[union-attr]
         if self.cells.dead or self.cells.graveyard:
             with self.lock:
                 self._reclaim(64)
