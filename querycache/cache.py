@@ -29,7 +29,8 @@ from querycache.integration.orm import OrmFastPath
 from querycache.invalidation import local
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.cells import CellRegistry
-from querycache.report import Report, build_report
+from querycache.reports import Report, build_report
+from querycache.reports.fleet import Publisher, start_publisher
 from querycache.settings import Settings, number
 from querycache.singleflight import Flights
 from querycache.stats import QueryStats, Stats
@@ -126,6 +127,9 @@ class QueryCache:
         while (see :mod:`querycache.admission`; per statement
         ``execution_options(querycache_admission="always")``); ``"always"``:
         store every cacheable result.
+    :param publish_stats: with Redis, seconds between publishing this process's
+        report for ``querycache report --redis`` and ``querycache top``
+        (``None``: never); see :mod:`querycache.reports.fleet`.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class QueryCache:
         hash_params: bool = True,
         invalidation: str = "precise",
         admission: str = "adaptive",
+        publish_stats: float | None = 10.0,
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -209,9 +214,10 @@ class QueryCache:
             # could be missed: the memory tier starts suspended
             self.memory.suspend()
             self.bus = InvalidationBus(
-                self.redis, self._remote_invalidation, self.memory.suspend, self.memory.resume
+                self.redis, self._remote_invalidation, self._bus_down, self._bus_up
             )
             self.bus.start()
+        self.publisher: Publisher | None = start_publisher(self, publish_stats)
 
     # -- attaching ------------------------------------------------------------
     def wrap(self, engine: Engine | AsyncEngine) -> Any:
@@ -318,8 +324,6 @@ class QueryCache:
                 tables = catalog.expand_writes(tables)
         writes: dict[str, Any] | None = None
         if tables is not None:
-            for t in tables:
-                self.stats.table(t).invalidations += 1
             writes = dict.fromkeys(tables)
             if images and tables == written:
                 # an image is trusted only when nothing hidden (a view, a
@@ -328,15 +332,21 @@ class QueryCache:
                 for t, image in images.items():
                     if t in writes and t not in hidden:
                         writes[t] = image
-        else:
-            self.stats.events["invalidate everything"] += 1
         dropped = self.memory.invalidate(scope, writes)
-        for t, n in dropped.items():
-            ts = self.stats.table(t)
-            ts.entries_dropped += n
-            ts.drop_share += min(1.0, n / max(1, self.memory.entries_of(scope, t)))
+        entries = self.memory.entries_of
+        shares = {t: min(1.0, n / max(1, entries(scope, t))) for t, n in dropped.items()}
+        self.stats.invalidated(scope, tables, dropped, shares)
         if self.redis is not None:
             self.redis.bump(scope, tables, is_async)
+
+    def _bus_down(self) -> None:
+        self.memory.suspend()
+        if not self._closed:
+            self.stats.degraded_begin("invalidation channel lost", "memory tier suspended")
+
+    def _bus_up(self) -> None:
+        self.memory.resume()
+        self.stats.degraded_end("invalidation channel lost")
 
     def _remote_invalidation(self, scope_id: str, tables: frozenset[str] | None) -> None:
         if scope_id == "*":
@@ -348,14 +358,13 @@ class QueryCache:
 
     def count_writes(self, tables: Any) -> None:
         if isinstance(tables, frozenset):
-            for t in tables:
-                self.stats.table(t).writes += 1
+            self.stats.wrote(tables)
         else:
-            self.stats.events["writes to unknown tables"] += 1
+            self.stats.count("writes to unknown tables")
 
     # -- reporting -----------------------------------------------------------------
     def report(self) -> Report:
-        """A snapshot of the hit report (see :class:`~querycache.report.Report`)."""
+        """A snapshot of the hit report (see :class:`~querycache.reports.Report`)."""
         return build_report(self)
 
     def reset_stats(self) -> None:
@@ -366,6 +375,8 @@ class QueryCache:
         """Stop the bus thread, close Redis clients, drop the memory tier."""
         self._closed = True
         local.unregister(self)
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.bus is not None:
             self.bus.stop()
         if self.redis is not None:
@@ -396,7 +407,7 @@ class QueryCache:
 
     def failed(self, where: str, exc: BaseException) -> None:
         """A failure inside the cache layer: counted, logged once per kind."""
-        self.stats.errors[where] += 1
+        self.stats.count(where, errors=True)
         marker = (where, type(exc))
         if marker not in self._logged:
             self._logged.add(marker)
