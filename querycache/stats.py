@@ -358,7 +358,7 @@ class Stats:
             what = "everything" if tables is None else ", ".join(sorted(tables))
             log.debug(
                 "querycache: invalidation in %s of %s dropped %s",
-                scope.split("|")[0],
+                scope,
                 what,
                 ", ".join(f"{t}: {n} entries" for t, n in sorted(dropped.items())) or "nothing",
             )

@@ -26,7 +26,10 @@ KINDS = (
     "results too large",
 )
 
-_CLOCK = ("now", "current_", "clock", "sysdate", "getdate", "localtime", "today")
+_CLOCK = (
+    "now", "current_", "clock", "timestamp", "sysdate", "getdate", "localtime", "today",
+    "julianday", "date", "time", "unixepoch",
+)  # fmt: skip
 
 
 def _advice(reason: str) -> str:
@@ -130,23 +133,7 @@ def _for_query(q: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any] | No
                 "invalidated_by": q.get("invalidated_by", {}),
             },
         }
-    stores = q.get("stores", 0)
-    if hits == 0 and stores >= 10:
-        return {
-            "kind": "never hit",
-            "message": f"{stores} results stored, none ever served: {fp}",
-            "evidence": {**evidence, "stores": stores, "bytes_held": q["bytes_held"]},
-        }
     expired = q.get("expired", 0)
-    writes = sum(tables.get(t, {}).get("writes", 0) for t in q["tables"])
-    if expired >= 5 and expired >= 0.3 * misses and writes * 4 <= expired:
-        return {
-            "kind": "ttl too short",
-            "message": f"{expired} of its {misses} misses followed an expiry while its tables "
-            f"were written {writes} times: a longer TTL "
-            f"(execution_options(querycache_ttl=...)) would keep them: {fp}",
-            "evidence": {**evidence, "expired": expired, "writes_to_its_tables": writes},
-        }
     if (
         hits * 10 < calls
         and misses * 10 >= calls * 9
@@ -159,5 +146,22 @@ def _for_query(q: dict[str, Any], tables: dict[str, Any]) -> dict[str, Any] | No
             f"every call has new parameter values (a timestamp, a token?): round or drop "
             f"them: {fp}",
             "evidence": {**evidence, "invalidations": invalidations, "expired": expired},
+        }
+    writes = sum(tables.get(t, {}).get("writes", 0) for t in q["tables"])
+    if expired >= 5 and expired >= 0.3 * misses and writes * 4 <= expired:
+        return {
+            "kind": "ttl too short",
+            "message": f"{expired} of its {misses} misses followed an expiry while its tables "
+            f"were written {writes} times: a longer TTL "
+            f"(execution_options(querycache_ttl=...)) would keep them: {fp}",
+            "evidence": {**evidence, "expired": expired, "writes_to_its_tables": writes},
+        }
+    unused = q.get("dropped_unused", 0)
+    if hits == 0 and unused >= 10 and unused * 2 >= q.get("stores", 0):
+        return {
+            "kind": "never hit",
+            "message": f"{unused} of its {q.get('stores', 0)} stored results were dropped "
+            f"without ever being served: {fp}",
+            "evidence": {**evidence, "stores": q.get("stores", 0), "dropped_unused": unused},
         }
     return None

@@ -70,9 +70,6 @@ def _query_lines(q: dict[str, Any], width: int) -> list[str]:
         f"{q['time_saved_ms'] / 1000:>7.2f} {bytes_text(q['bytes_held']):>9}  "
     )
     fp = " ".join(q["fingerprint"].split())
-    room = max(20, width - len(head))
-    if len(fp) > room:
-        fp = fp[: room - 3] + "..."
     details = []
     tiers = []
     if q["redis_hits"] or q["coalesced"]:
@@ -90,8 +87,11 @@ def _query_lines(q: dict[str, Any], width: int) -> list[str]:
         details.append(f"not stored {n}x: {reason}")
     if not q["admission"].startswith(("admitted", "always")):
         details.append(q["admission"])
-    out = [head + fp]
     indent = " " * 10
+    # the SQL goes on: wrapped under the figures, at most three lines
+    out = textwrap.wrap(
+        fp, width, initial_indent=head, subsequent_indent=indent, max_lines=3, placeholder=" ..."
+    ) or [head]
     for d in details:
         out += textwrap.wrap(d, width, initial_indent=indent, subsequent_indent=indent + "  ")
     return out
