@@ -34,7 +34,7 @@ def _legend(items: list[tuple[str, str]], x: float, y: float) -> str:
             f'<rect x="{x:.0f}" y="{y - 10:.0f}" width="10" height="10" fill="{color}"/>'
             f'<text x="{x + 14:.0f}" y="{y:.0f}" {_FONT}>{escape(name)}</text>'
         )
-        x += 24 + 7 * len(name)
+        x += 30 + 7.5 * len(name)
     return "".join(out)
 
 
@@ -51,7 +51,8 @@ def bar_chart(
     bar_h, gap, top = 18, 6, 34 if legend else 18
     height = top + len(rows) * (bar_h + gap) + 8
     biggest = max((sum(v for v, _, _ in segs) for _, segs, _, _ in rows), default=0) or 1
-    room = width - label_width - 90
+    longest = max((len(note) for _, _, note, _ in rows), default=0)
+    room = max(100, width - label_width - 12 - 7 * longest)
     parts = [
         f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
@@ -115,7 +116,7 @@ def time_chart(
         f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" {_FONT}>{peak:,.3g}/s</text>'
         f'<text x="{left - 4}" y="{top + h}" text-anchor="end" {_FONT}>0</text>'
         f'<text x="{left}" y="{top + h + 16}" {_FONT}>0 s</text>'
-        f'<text x="{left + w}" y="{top + h + 16}" text-anchor="end" {_FONT}>{span:,.0f} s</text>'
+        f'<text x="{left + w}" y="{top + h + 16}" text-anchor="end" {_FONT}>{span:,.3g} s</text>'
     )
 
     def xy(t: float, v: float) -> str:
@@ -131,9 +132,7 @@ def time_chart(
             upper += [xy(start, above[i]), xy(p["t"], above[i])]
             lower += [xy(start, below[i]), xy(p["t"], below[i])]
         path = "M" + " L".join(upper + lower[::-1]) + " Z"
-        parts.append(
-            f'<path d="{path}" fill="{color}" fill-opacity="0.85"><title>{key}</title></path>'
-        )
+        parts.append(f'<path d="{path}" fill="{color}"><title>{key}</title></path>')
         below = above
     parts.append("</svg>")
     return "".join(parts)
