@@ -33,7 +33,7 @@ from querycache.demo import (
     cmd_demo,
     shown,
 )
-from querycache.reports.fleet import _add_report, _add_top
+from querycache.reports.commands import _add_report, _add_top
 
 SAMPLE_SEED = 42
 

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 import time
 from collections import Counter
 from typing import Any
 
+from querycache.latency import LatencySketch
+
 __all__ = ["LatencySketch", "QueryStats", "Stats", "TableStats", "count_value"]
 
 log = logging.getLogger("querycache")
 
-#: sub-buckets per power of two of the latency sketch (bucket width <= 1/8)
-_SUB = 8
 #: at most this many timeline samples; then neighbours are merged
 _TIMELINE_MAX = 240
 #: seconds between timeline samples taken on the miss path
@@ -50,70 +49,6 @@ def explaining() -> bool:
     answer until a level changes, so this costs a dict lookup when off.
     """
     return log.isEnabledFor(logging.DEBUG)
-
-
-class LatencySketch:
-    """A log-linear histogram of durations: exact count, sum and max; any
-    quantile within 1/8 of its value (eight buckets per power of two,
-    from one microsecond). Mergeable: buckets are fixed."""
-
-    __slots__ = ("buckets", "count", "max", "total")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
-        self.count = 0
-        self.total = 0.0
-        self.max = 0.0
-
-    @staticmethod
-    def index(seconds: float) -> int:
-        micros = seconds * 1e6
-        if micros < 1.0:
-            return 0
-        m, e = math.frexp(micros)  # micros = m * 2**e, 0.5 <= m < 1
-        return (e - 1) * _SUB + int((m * 2 - 1) * _SUB) + 1
-
-    @staticmethod
-    def bounds(index: int) -> tuple[float, float]:
-        """``(low, high)`` seconds of bucket ``index``."""
-        if index <= 0:
-            return 0.0, 1e-6
-        e, sub = divmod(index - 1, _SUB)
-        base = 2.0**e * 1e-6
-        return base * (1 + sub / _SUB), base * (1 + (sub + 1) / _SUB)
-
-    def add(self, seconds: float) -> None:
-        i = self.index(seconds)
-        self.buckets[i] = self.buckets.get(i, 0) + 1
-        self.count += 1
-        self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
-
-    def merge(self, sparse: list[list[int]] | dict[int, int]) -> None:
-        """Add buckets given as ``{index: n}`` or ``[[index, n], ...]``."""
-        items = sparse.items() if isinstance(sparse, dict) else sparse
-        for i, n in items:
-            self.buckets[int(i)] = self.buckets.get(int(i), 0) + int(n)
-            self.count += int(n)
-
-    def quantile(self, q: float) -> float:
-        """The ``q`` quantile in seconds (the middle of its bucket, capped by
-        the maximum seen), 0.0 when empty."""
-        if not self.count:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for i in sorted(self.buckets):
-            seen += self.buckets[i]
-            if seen >= rank:
-                low, high = self.bounds(i)
-                mid = (low + high) / 2
-                return min(mid, self.max) if self.max else mid
-        return self.max  # pragma: no cover - rank <= count
-
-    def sparse(self) -> list[list[int]]:
-        return [[i, n] for i, n in sorted(self.buckets.items())]
 
 
 class QueryStats:
@@ -262,6 +197,22 @@ class QueryStats:
         if explaining():
             log.debug("querycache: hit [%s] memory: %s", self.fingerprint_id, self._sql())
 
+    def snapshot(self) -> dict[str, Any]:
+        """The lock-protected figures, read together (for the report)."""
+        with self._lock:
+            return {
+                "misses": self.misses,
+                "redis_hits": self.redis_hits,
+                "coalesced": self.coalesced,
+                "stores": self.stores,
+                "db_seconds": self.db_seconds,
+                "timed": self.latency.count,
+                "p95": self.latency.quantile(0.95),
+                "histogram": self.latency.sparse(),
+                "bypasses": dict(self.bypasses),
+                "not_stored": dict(self.not_stored),
+            }
+
     def _sql(self) -> str:
         fp = " ".join(self.fingerprint.split())
         return fp if len(fp) <= 120 else fp[:117] + "..."
@@ -397,10 +348,8 @@ class Stats:
         with self._lock:
             self.next_sample = now + SAMPLE_INTERVAL
             tl = self.timeline
-            if len(tl) > 1 and now - tl[-1][0] < 0.05:
-                tl[-1] = [now, hits, misses, bypasses]
-                return
-            tl.append([now, hits, misses, bypasses])
+            # two samplers may race: the cumulative series stays monotone
+            tl.append([max(a, b) for a, b in zip(tl[-1], (now, hits, misses, bypasses))])
             if len(tl) > _TIMELINE_MAX:
                 # keep the first and the last; drop every other one between
                 self.timeline = [tl[0], *tl[1:-1:2], tl[-1]] if len(tl) > 2 else tl

@@ -14,8 +14,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from querycache.latency import LatencySketch
 from querycache.reports.recommendations import recommend
-from querycache.stats import LatencySketch
 
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
@@ -28,12 +28,11 @@ PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def _query(qs: Any, calls: int, hits: int, seen: float) -> dict[str, Any]:
-    with qs._lock:  # a consistent miss/latency pair
-        misses, db_seconds = qs.misses, qs.db_seconds
-        timed, p95 = qs.latency.count, qs.latency.quantile(0.95)
-        sparse = qs.latency.sparse()
-        bypasses, not_stored = dict(qs.bypasses), dict(qs.not_stored)
-        redis_hits, coalesced, stores = qs.redis_hits, qs.coalesced, qs.stores
+    s = qs.snapshot()
+    misses, db_seconds, timed = s["misses"], s["db_seconds"], s["timed"]
+    bypasses, not_stored = s["bypasses"], s["not_stored"]
+    redis_hits, coalesced, stores = s["redis_hits"], s["coalesced"], s["stores"]
+    p95, sparse = s["p95"], s["histogram"]
     mean = db_seconds / timed if timed else 0.0
     memory_hits = hits - redis_hits - coalesced
     return {
