@@ -27,6 +27,10 @@ PALETTE = {
 _FONT = 'font-family="system-ui, sans-serif" font-size="12"'
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _legend(items: list[tuple[str, str]], x: float, y: float) -> str:
     out = []
     for name, color in items:
@@ -113,10 +117,10 @@ def time_chart(
     parts.append(
         f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#444"/>'
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#444"/>'
-        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" {_FONT}>{peak:,.3g}/s</text>'
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" {_FONT}>{_num(peak)}/s</text>'
         f'<text x="{left - 4}" y="{top + h}" text-anchor="end" {_FONT}>0</text>'
         f'<text x="{left}" y="{top + h + 16}" {_FONT}>0 s</text>'
-        f'<text x="{left + w}" y="{top + h + 16}" text-anchor="end" {_FONT}>{span:,.3g} s</text>'
+        f'<text x="{left + w}" y="{top + h + 16}" text-anchor="end" {_FONT}>{_num(span)} s</text>'
     )
 
     def xy(t: float, v: float) -> str:
