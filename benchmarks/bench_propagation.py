@@ -50,7 +50,7 @@ TIMEOUT = 2.0
 def _cache(redis_url: str) -> Any:
     from querycache import QueryCache
 
-    cache = QueryCache(namespace=NAMESPACE, redis_url=redis_url)
+    cache = QueryCache(namespace=NAMESPACE, redis_url=redis_url, publish_stats=None)
     if not cache.bus.connected.wait(10):
         raise RuntimeError("invalidation channel did not come up")
     deadline = time.monotonic() + 5

@@ -63,7 +63,7 @@ def _commandstats(client: Any) -> dict[str, int]:
 
 
 def _new_cache(url: str) -> QueryCache:
-    cache = QueryCache(namespace=NAMESPACE, redis_url=url)
+    cache = QueryCache(namespace=NAMESPACE, redis_url=url, publish_stats=None)  # counts commands
     assert cache.bus is not None
     if not cache.bus.connected.wait(10):
         raise RuntimeError("the invalidation channel did not come up")

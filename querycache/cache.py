@@ -30,7 +30,8 @@ from querycache.invalidation import local
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.cells import CellRegistry
 from querycache.refresh import Refresher
-from querycache.report import Report, build_report
+from querycache.reports import Report, build_report
+from querycache.reports.fleet import Publisher, start_publisher
 from querycache.settings import Settings, number
 from querycache.singleflight import Flights
 from querycache.staleness import check_max_stale
@@ -137,6 +138,9 @@ class QueryCache:
         entry of theirs may still be served while one refresh runs (per
         statement: ``execution_options(querycache_max_stale=...)``; see
         :mod:`querycache.staleness`). Never stale without it.
+    :param publish_stats: with Redis, seconds between publishing this process's
+        report for ``querycache report --redis`` and ``querycache top``
+        (``None``: never); see :mod:`querycache.reports.fleet`.
     """
 
     def __init__(
@@ -164,6 +168,7 @@ class QueryCache:
         refresh_on_write: int = 0,
         refresh_budget: float = 0.005,
         max_stale: Mapping[str, float] | None = None,
+        publish_stats: float | None = 10.0,
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -228,9 +233,10 @@ class QueryCache:
             # could be missed: the memory tier starts suspended
             self.memory.suspend()
             self.bus = InvalidationBus(
-                self.redis, self._remote_invalidation, self.memory.suspend, self.memory.resume
+                self.redis, self._remote_invalidation, self._bus_down, self._bus_up
             )
             self.bus.start()
+        self.publisher: Publisher | None = start_publisher(self, publish_stats)
 
     # -- attaching ------------------------------------------------------------
     def wrap(self, engine: Engine | AsyncEngine) -> Any:
@@ -337,8 +343,6 @@ class QueryCache:
                 tables = catalog.expand_writes(tables)
         writes: dict[str, Any] | None = None
         if tables is not None:
-            for t in tables:
-                self.stats.table(t).invalidations += 1
             writes = dict.fromkeys(tables)
             if images and tables == written:
                 # an image is trusted only when nothing hidden (a view, a
@@ -347,18 +351,24 @@ class QueryCache:
                 for t, image in images.items():
                     if t in writes and t not in hidden:
                         writes[t] = image
-        else:
-            self.stats.events["invalidate everything"] += 1
         refreshable: list[Any] | None = [] if self.refresher.armed else None
         dropped = self.memory.invalidate(scope, writes, refreshable)
-        for t, n in dropped.items():
-            ts = self.stats.table(t)
-            ts.entries_dropped += n
-            ts.drop_share += min(1.0, n / max(1, self.memory.entries_of(scope, t)))
+        entries = self.memory.entries_of
+        shares = {t: min(1.0, n / max(1, entries(scope, t))) for t, n in dropped.items()}
+        self.stats.invalidated(scope, tables, dropped, shares)
         if self.redis is not None:
             self.redis.bump(scope, tables, is_async)
         # after Redis too: a refresh must not read Redis's old entry back
         return self.refresher.invalidated(tables, refreshable) if refreshable else None
+
+    def _bus_down(self) -> None:
+        self.memory.suspend()
+        if not self._closed:
+            self.stats.degraded_begin("invalidation channel lost", "memory tier suspended")
+
+    def _bus_up(self) -> None:
+        self.memory.resume()
+        self.stats.degraded_end("invalidation channel lost")
 
     def _remote_invalidation(self, scope_id: str, tables: frozenset[str] | None) -> None:
         if scope_id == "*":
@@ -370,14 +380,13 @@ class QueryCache:
 
     def count_writes(self, tables: Any) -> None:
         if isinstance(tables, frozenset):
-            for t in tables:
-                self.stats.table(t).writes += 1
+            self.stats.wrote(tables)
         else:
-            self.stats.events["writes to unknown tables"] += 1
+            self.stats.count("writes to unknown tables")
 
     # -- reporting -----------------------------------------------------------------
     def report(self) -> Report:
-        """A snapshot of the hit report (see :class:`~querycache.report.Report`)."""
+        """A snapshot of the hit report (see :class:`~querycache.reports.Report`)."""
         return build_report(self)
 
     def reset_stats(self) -> None:
@@ -389,6 +398,8 @@ class QueryCache:
         self._closed = True
         self.refresher.close()
         local.unregister(self)
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.bus is not None:
             self.bus.stop()
         if self.redis is not None:
@@ -419,7 +430,7 @@ class QueryCache:
 
     def failed(self, where: str, exc: BaseException) -> None:
         """A failure inside the cache layer: counted, logged once per kind."""
-        self.stats.errors[where] += 1
+        self.stats.count(where, errors=True)
         marker = (where, type(exc))
         if marker not in self._logged:
             self._logged.add(marker)

@@ -5,6 +5,8 @@
     querycache demo [--db URL] [--scale F] [--ops N] [--threads N] [--redis URL]
                     [--seed N] [--write-ratio F]
     querycache sample [--db URL] [--scale F] [--seed N] [--if-absent]
+    querycache report --redis URL [--namespace N] [--format text|json|html] [-o FILE]
+    querycache top --redis URL [--namespace N] [--interval S] [--iterations N]
 
 Each verb is a function that adds its subparser (``_add_<verb>``) and sets
 ``func`` to the function that runs it; add a verb by adding one to
@@ -31,6 +33,7 @@ from querycache.demo import (
     cmd_demo,
     shown,
 )
+from querycache.reports.commands import _add_report, _add_top
 
 SAMPLE_SEED = 42
 
@@ -72,6 +75,12 @@ def _add_demo(sub: Any) -> None:
         type=float,
         default=0.05,
         help="share of operations that write (default: %(default)s)",
+    )
+    p.add_argument(
+        "--html",
+        default="querycache-report.html",
+        metavar="FILE",
+        help="where to write the HTML hit report (default: %(default)s)",
     )
     p.set_defaults(func=cmd_demo)
 
@@ -119,7 +128,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 #: the verbs: each adds its subparser to the ``add_subparsers`` object it is given
-VERBS: list[Callable[[Any], None]] = [_add_demo, _add_sample]
+VERBS: list[Callable[[Any], None]] = [_add_demo, _add_sample, _add_report, _add_top]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ the hit report and a one-line summary.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -311,7 +312,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"({args.threads} threads: a read racing a write may; --threads 1 is exact)"
             )
     print("querycache: " + ", ".join(parts))
+    html = os.path.abspath(getattr(args, "html", None) or "querycache-report.html")
+    with open(html, "w", encoding="utf-8") as f:
+        f.write(report.to_html(title="querycache demo report"))
     print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+    print(f"hit report with charts: {html}")
     failed = plain.errors or cached.errors or (stale_bad and args.threads == 1)
     return 1 if failed else 0
 

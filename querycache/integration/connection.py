@@ -157,7 +157,7 @@ class CachingConnection(Connection):
         ctx.cursor = ReplayCursor(entry.description, rows, entry.rowcount)
         ctx._is_server_side = bool(options.get("stream_results"))
         ctx._qc_key = key
-        entry.stats.memory_hits += 1
+        next(entry.stats.memory_hit)
         if binding.is_async:
             binding.await_ready()
         return ctx._setup_result_proxy()

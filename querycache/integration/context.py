@@ -141,7 +141,7 @@ class CachingContext:
                 if entry is not None:
                     self._qc_serve(entry)
                     self._qc_key = key
-                    entry.stats.memory_hits += 1
+                    next(entry.stats.memory_hit)
                     return super().pre_exec()  # type: ignore[misc]
         try:
             binding.before(self, key)
@@ -263,8 +263,7 @@ class CachingContext:
 
     def _qc_unstored(self, miss: Miss, reason: str) -> None:
         """A miss whose result will not be stored: account, wake followers."""
-        miss.qs.misses += 1
-        miss.qs.not_stored[reason] += 1
+        miss.qs.miss(None, reason)
         self._qc_miss = miss
         self._qc_abandon()
 

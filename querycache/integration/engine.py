@@ -218,7 +218,7 @@ class EngineBinding:
             capture.executions += 1
             capture.ctx = ctx
         if not analysis.cacheable:
-            qs.bypasses[analysis.reason or "not cacheable"] += 1
+            qs.bypass(analysis.reason or "not cacheable")
             if analysis.session_state:
                 state_of(info).tainted = True
             # any uncacheable read may also call a writing function
@@ -226,29 +226,29 @@ class EngineBinding:
             self._functions_may_write(ctx, info)
             return
         if opts.get("querycache", True) is False:
-            qs.bypasses["disabled by execution option"] += 1
+            qs.bypass("disabled by execution option")
             return
         if (
             self.check_isolation
             and (not self.fast_ok or "isolation_level" in opts)
             and self.isolation_of(opts) in SNAPSHOT_LEVELS
         ):
-            qs.bypasses["snapshot isolation"] += 1
+            qs.bypass("snapshot isolation")
             return
         state = info.get(STATE_KEY)
         if state is not None:
             reason = state.blocks_read_of(analysis.tables_read)
             if reason is not None:
-                qs.bypasses[reason] += 1
+                qs.bypass(reason)
                 return
         if key is None:  # else the hit path looked it up a moment ago
             ident = info.get(IDENT_KEY)
             if ident is None:
-                qs.bypasses["connection settings not observed"] += 1
+                qs.bypass("connection settings not observed")
                 return
             key = key_for(ident, ctx.statement, ctx.parameters[0])
             if key is None:
-                qs.bypasses["parameter of a type without an exact key"] += 1
+                qs.bypass("parameter of a type without an exact key")
                 return
             entry = self.memory.get(key)
         else:
@@ -256,7 +256,7 @@ class EngineBinding:
         if entry is not None:
             ctx._qc_serve(entry)
             ctx._qc_key = key
-            qs.memory_hits += 1
+            qs.memory_hit_slow()
             if capture is not None:
                 capture.entry, capture.storable = entry, True
                 capture.snapshot = self.capture(plan, ctx.parameters[0], scope)
@@ -266,7 +266,7 @@ class EngineBinding:
         # a parameter such as 'now' makes the database read its clock: never
         # stored, so never hit (checked here, on the miss path only)
         if params_read_clock(ctx.parameters[0], self.dialect_name) is not None:
-            qs.bypasses["parameter reads the clock ('now', 'today'...)"] += 1
+            qs.bypass("parameter reads the clock ('now', 'today'...)")
             return
         admission = plan.admission
         if (
@@ -274,7 +274,7 @@ class EngineBinding:
             and not admission.admits()
             and opts.get("querycache_admission") != "always"
         ):
-            qs.bypasses["not admitted: its entries did not pay for their stores"] += 1
+            qs.bypass("not admitted: its entries did not pay for their stores")
             return
         # a transaction that wrote anything never stores what it reads; nor
         # does a SQLite transaction opened explicitly (its snapshot may be old)
@@ -294,7 +294,7 @@ class EngineBinding:
                 done = io.wait(flight, core.lock_timeout, self.is_async)
                 if done and flight.entry is not None and flight.snapshot == snapshot:
                     ctx._qc_serve(flight.entry)
-                    qs.coalesced += 1
+                    qs.coalesce()
                     if capture is not None:
                         capture.entry, capture.storable = flight.entry, True
                         capture.snapshot = snapshot
@@ -329,7 +329,7 @@ class EngineBinding:
             ):
                 ctx._qc_key = miss.key
         ctx._qc_serve(entry)
-        qs.redis_hits += 1
+        qs.redis_hit()
         if miss.flight is not None:
             self.core.flights.land(miss.key, miss.flight, entry)
         if miss.capture is not None:
@@ -368,7 +368,7 @@ class EngineBinding:
             state_of(info).tainted = True
         written = analysis.tables_written
         if kind == "read" and not written:
-            plan.stats.bypasses["executemany"] += 1
+            plan.stats.bypass("executemany")
             return
         if written is not ALL and not written:
             return
@@ -460,17 +460,16 @@ class EngineBinding:
         qs = miss.qs
         opts = ctx.execution_options
         if REFRESH_OPTION not in opts:  # a refresh is counted in the report's "refresh"
-            qs.misses += 1
-            qs.db_seconds += elapsed
+            qs.miss(elapsed)
         entry = entry_for(description, rows, rowcount)
         entry.stats = qs
         if self.core.refresher.active or opts:
             self.core.refresher.prepare(ctx, miss, entry)
         stored = False
         if not miss.store:
-            qs.not_stored["read inside a transaction"] += 1
+            qs.unstored("read inside a transaction")
         elif entry.size > self.memory.max_entry_bytes:
-            qs.not_stored["larger than max_entry_bytes"] += 1
+            qs.unstored("larger than max_entry_bytes")
         else:
             stored = self.memory.put(
                 miss.key,
@@ -481,12 +480,12 @@ class EngineBinding:
                 miss.ttl,
             )
             if stored:
-                qs.stores += 1
+                qs.stored()
                 ctx._qc_key = miss.key
                 if miss.plan.admission is not None:
                     miss.plan.admission.stored(time.perf_counter() - t0)
             else:
-                qs.not_stored["invalidated while reading"] += 1
+                qs.unstored("invalidated while reading")
         if miss.flight is not None:
             self.core.flights.land(miss.key, miss.flight, entry)
         if miss.l2 is not None:

@@ -148,7 +148,7 @@ class OrmFastPath:
             if not _ready(session, bind):
                 return None  # the normal path raises, or runs hooks on connecting
             plan: OrmPlan = entry.description  # the plan rides in the description slot
-            plan.qs.memory_hits += 1
+            next(plan.qs.memory_hit)
             # a mutable entry keeps raw rows: the processors run again, as normally
             rows = plan.build(thaw(entry.rows)) if entry.mutable else entry.rows
             result = IteratorResult(plan.metadata, iter(self._materialize(session, plan, rows)))

@@ -77,7 +77,7 @@ class InvalidationBus:
             except Exception as exc:
                 if up:
                     log.warning("querycache: invalidation channel lost (%s)", type(exc).__name__)
-                    self.tier.stats.events["invalidation channel lost"] += 1
+                    self.tier.stats.count("invalidation channel lost")
             finally:
                 if up:
                     up = False
@@ -145,5 +145,5 @@ class InvalidationBus:
             self.messages += 1
             self.on_message(sid, tables)
         except Exception as exc:  # never let one message kill the thread
-            self.tier.stats.errors["bus message"] += 1
+            self.tier.stats.count("bus message", errors=True)
             log.warning("querycache: bus message failed: %r", exc)

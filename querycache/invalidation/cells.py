@@ -101,6 +101,7 @@ class CellRegistry:
         self.graveyard: list[dict[Any, Cell]] = []
         self._killed: list[Cell] = []  # during one table's kill, for the report
         self._collect: list[tuple[Any, ...]] | None = None  # keys of killed cells, if asked
+        self._table = ""
 
     # -- readers ---------------------------------------------------------------
     def capture(
@@ -171,6 +172,7 @@ class CellRegistry:
         for table, image in writes.items():
             groups = s.tables.get(table)
             if groups:
+                self._table = table  # for the report (_account)
                 image = image if self.precise else None
                 dropped[table] = self._kill_table(groups, image, scope.startswith("sqlite"), writes)
         return dropped
@@ -219,6 +221,7 @@ class CellRegistry:
         for owner in group.owners:
             if wide or owner in hit:
                 owner.writes_dropping += 1
+                owner.invalidated_by[self._table] += 1
             else:
                 owner.writes_skipped += 1
         return sum(len(c.keys) for c in killed)

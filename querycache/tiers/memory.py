@@ -55,6 +55,8 @@ class MemoryTier:
                 if self._data.get(key) is entry:
                     self._remove(key)
                     self.expirations += 1
+                    if entry.stats is not None:
+                        entry.stats.expired += 1
             return None
         for cell in entry.cells:
             if cell.dead:
@@ -123,6 +125,7 @@ class MemoryTier:
             self.bytes += size
             if entry.stats is not None:
                 entry.stats.bytes_held += size
+                entry.stats.entries += 1
             for cell in snapshot:
                 cell.keys.add(key)
             if self.cells.dead or self.cells.graveyard:
@@ -136,6 +139,7 @@ class MemoryTier:
         self.bytes -= entry.size
         if entry.stats is not None:
             entry.stats.bytes_held -= entry.size
+            entry.stats.entries -= 1
             if dropped and not entry.used:
                 entry.stats.dropped_unused += 1
         for cell in entry.cells:
@@ -203,6 +207,7 @@ class MemoryTier:
             for entry in self._data.values():
                 if entry.stats is not None:
                     entry.stats.bytes_held -= entry.size
+                    entry.stats.entries -= 1
             for entry in self._data.values():
                 for cell in entry.cells:
                     cell.keys.clear()

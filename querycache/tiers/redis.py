@@ -121,7 +121,7 @@ class RedisTier:
         read-only) of a store or a lease is only counted: those are harmless
         misses. Refused invalidations (``fatal``) and lost connections are not.
         """
-        self.stats.errors[f"redis {where}"] += 1
+        self.stats.count(f"redis {where}", errors=True)
         if not fatal and isinstance(exc, redis_errors.ResponseError):
             return
         with self._lock:
@@ -168,7 +168,7 @@ class RedisTier:
             if fmt != _FORMAT or key_id != rkey:
                 raise CodecError("entry for another key or format")
         except (CodecError, ValueError, TypeError):
-            self.stats.events["redis values that failed to decode"] += 1
+            self.stats.count("redis values that failed to decode")
             return None, tokens
         if list(stored_tokens) != current:
             return None, tokens
@@ -236,7 +236,7 @@ class RedisTier:
                 )
             )
         except UnsupportedType:
-            self.stats.events["results with types the codec cannot store"] += 1
+            self.stats.count("results with types the codec cannot store")
             if lease:
                 self._submit(is_async, [("delete", (lease,), {})])
             return False
