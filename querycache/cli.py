@@ -5,6 +5,7 @@
     querycache demo [--db URL] [--scale F] [--ops N] [--threads N] [--redis URL]
                     [--seed N] [--write-ratio F]
     querycache sample [--db URL] [--scale F] [--seed N] [--if-absent]
+    querycache queue status|retry|drop [--journal URL]
 
 Each verb is a function that adds its subparser (``_add_<verb>``) and sets
 ``func`` to the function that runs it; add a verb by adding one to
@@ -31,6 +32,7 @@ from querycache.demo import (
     cmd_demo,
     shown,
 )
+from querycache.queues.cli import add_queue
 
 SAMPLE_SEED = 42
 
@@ -120,6 +122,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 #: the verbs: each adds its subparser to the ``add_subparsers`` object it is given
 VERBS: list[Callable[[Any], None]] = [_add_demo, _add_sample]
+VERBS.append(add_queue)  # querycache queue status|retry|drop
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from querycache.queues.writebehind import write_behind_figures
+
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
 
@@ -178,6 +180,7 @@ def build_report(cache: QueryCache) -> Report:
             "events": dict(stats.events),
             "degraded": list(stats.degraded),
             "recommendations": _recommend(totals, queries, tables),
+            "write_behind": write_behind_figures(cache),
         }
     )
 
