@@ -111,11 +111,14 @@ class RedisJournal(Journal):
             self._token, self._history = token, b"0"
             return True
         held = self.client.get(self.lease)
-        if held is not None and _dead_here(held.decode()):
-            # a holder on this host that no longer exists: take over at once
-            if self.client.eval(_TAKEOVER, 1, self.lease, held, token, self.lease_ms):
-                self._token, self._history = token, b"0"
-                return True
+        # a holder on this host that no longer exists: take over at once
+        if (
+            held is not None
+            and _dead_here(held.decode())
+            and self.client.eval(_TAKEOVER, 1, self.lease, held, token, self.lease_ms)
+        ):
+            self._token, self._history = token, b"0"
+            return True
         return False
 
     def claim(self, limit: int) -> list[Journaled]:
