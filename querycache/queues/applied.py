@@ -16,7 +16,19 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Float, MetaData, String, Table, delete, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateTable
 
@@ -59,22 +71,48 @@ class AppliedIds:
     def already(self, conn: Connection, seqs: Iterable[int]) -> set[int]:
         """The subset of ``seqs`` this database has applied."""
         seqs = list(seqs)
+        if conn.dialect.name == "postgresql":  # one statement text for any count
+            sql = text(
+                f"SELECT seq FROM {self.table.name} "
+                "WHERE journal = :j AND seq = ANY(CAST(:seqs AS BIGINT[]))"
+            )
+            rows = conn.execute(
+                sql, {"j": self.journal, "seqs": seqs}, execution_options={"querycache": False}
+            )
+            return {r[0] for r in rows}
         found: set[int] = set()
         c = self.table.c
         for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
             rows = conn.execute(
-                select(c.seq).where(c.journal == self.journal, c.seq.in_(chunk)),
+                select(c.seq).where(c.journal == self.journal, c.seq.in_(seqs[i : i + 500])),
                 execution_options={"querycache": False},
             )
             found.update(r[0] for r in rows)
         return found
 
     def record(self, conn: Connection, seqs: Iterable[int]) -> None:
+        """Insert the ids (PostgreSQL: one statement, from an array)."""
         now = time.time()
+        seqs = list(seqs)
+        if conn.dialect.name == "postgresql":
+            sql = text(
+                f"INSERT INTO {self.table.name} (journal, seq, applied_at) "
+                "SELECT :j, s, :at FROM unnest(CAST(:seqs AS BIGINT[])) AS s"
+            )
+            conn.execute(sql, {"j": self.journal, "at": now, "seqs": seqs})
+            return
         rows = [{"journal": self.journal, "seq": s, "applied_at": now} for s in seqs]
         if rows:
             conn.execute(insert(self.table), rows)
+
+    def highest(self, conn: Connection) -> int:
+        """The largest id recorded for this journal (0: none)."""
+        c = self.table.c
+        value = conn.execute(
+            select(func.max(c.seq)).where(c.journal == self.journal),
+            execution_options={"querycache": False},
+        ).scalar()
+        return int(value or 0)
 
     def prune(self, conn: Connection, low_water: int) -> None:
         """Forget ids below ``low_water``: the journal holds none of them any more."""
@@ -83,8 +121,6 @@ class AppliedIds:
 
     def count(self, conn: Connection) -> int:
         c = self.table.c
-        from sqlalchemy import func
-
         return conn.execute(select(func.count()).where(c.journal == self.journal)).scalar_one()  # type: ignore[no-any-return]
 
     def describe(self) -> dict[str, Any]:

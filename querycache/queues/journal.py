@@ -49,6 +49,8 @@ class Journal(ABC):
 
     #: identifies this journal in the applied-ids table (<= 64 characters)
     name: str
+    #: changes whenever a new lease is taken (None: no lease)
+    lease_id: object = None
 
     @abstractmethod
     def append(self, data: bytes) -> int:
@@ -160,6 +162,7 @@ class SqliteJournal(Journal):
             os.close(fd)
             return False
         self._lease, self._claimed = fd, 0
+        self.lease_id = object()
         return True
 
     def claim(self, limit: int) -> list[Journaled]:
@@ -263,6 +266,7 @@ class SqliteJournal(Journal):
     def release(self) -> None:
         if self._lease is not None:
             fd, self._lease = self._lease, None
+            self.lease_id = None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 

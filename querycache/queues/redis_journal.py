@@ -105,10 +105,10 @@ class RedisJournal(Journal):
         if self._token is not None:
             if self.client.eval(_RENEW, 1, self.lease, self._token, self.lease_ms):
                 return True
-            self._token = None  # expired and taken: start over when it is ours again
+            self._token = self.lease_id = None  # expired: start over when it is ours again
         token = f"{_HOST}:{os.getpid()}:{secrets.token_hex(8)}"
         if self.client.set(self.lease, token, nx=True, px=self.lease_ms):
-            self._token, self._history = token, b"0"
+            self._token, self._history, self.lease_id = token, b"0", token
             return True
         held = self.client.get(self.lease)
         # a holder on this host that no longer exists: take over at once
@@ -117,7 +117,7 @@ class RedisJournal(Journal):
             and _dead_here(held.decode())
             and self.client.eval(_TAKEOVER, 1, self.lease, held, token, self.lease_ms)
         ):
-            self._token, self._history = token, b"0"
+            self._token, self._history, self.lease_id = token, b"0", token
             return True
         return False
 
@@ -214,6 +214,7 @@ class RedisJournal(Journal):
     def release(self) -> None:
         if self._token is not None:
             token, self._token = self._token, None
+            self.lease_id = None
             try:
                 self.client.eval(_RELEASE, 1, self.lease, token)
             except redis.RedisError:

@@ -130,6 +130,8 @@ class WriteBehind:
         self._pending = self.journal.pending()
         self._mine: dict[int, Any] = {}
         self._reported = (0, 0)
+        self._checked_lease: object = None
+        self._replays_below = 0
         self._closed = False
         self.worker = Worker(self)
         self._thread: threading.Thread | None = None
@@ -201,7 +203,16 @@ class WriteBehind:
             raise TypeError(f"entry was journaled for {first.dialect}, not {self.dialect.name}")
         self.applied.ensure(self._sync_engine)
         with self._sync_engine.begin() as conn:
-            done = self.applied.already(conn, seqs)
+            lease = self.journal.lease_id
+            if self._checked_lease != lease:
+                # ids above what the table held when this lease began were
+                # claimed under it: only those below can be a replay
+                self._replays_below = self.applied.highest(conn)
+                self._checked_lease = lease
+            if batch[0].alone or seqs[0] <= self._replays_below:
+                done = self.applied.already(conn, seqs)
+            else:
+                done = set()
             todo = [item for item in batch if item.seq not in done]
             if todo:
                 params = [item.record.params for item in todo]  # type: ignore[union-attr]
