@@ -166,6 +166,7 @@ def test_read_your_writes_flushes_only_pending_tables(url, tmp_path):
     assert counter.count("FROM items") == 2
     assert not cache.write_pending  # the fast paths are free again
     wb.close()
+    counter.close()
     engine.dispose()
 
 

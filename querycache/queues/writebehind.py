@@ -244,6 +244,8 @@ class WriteBehind:
         self._wait(None, is_async)
 
     def _wait(self, timeout: float | None, is_async: bool) -> None:
+        if self.is_async and self._task is None:
+            raise RuntimeError("this queue's worker runs in its event loop: use await wb.aflush()")
         worker = self.worker
         # everything journaled now: this object's entries, replays, re-queued ones
         target = worker._io(self.journal.high_water) if is_async else self.journal.high_water()
