@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "redis": ([], ["--quick"]),
     "propagation": ([], ["--quick"]),
     "stats": ([], ["--quick"]),
+    "write_behind": ([], ["--quick"]),
 }
 
 

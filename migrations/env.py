@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from querycache.queues.applied import applied_table
 from sample_db.models import Base
 from sample_db.urls import sqlite_path, sync_url
 
@@ -30,6 +31,8 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+# querycache's own table (revision 0002), so `alembic check` compares it too
+applied_table(target_metadata)
 
 
 def database_url() -> str:

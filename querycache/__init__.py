@@ -14,7 +14,17 @@ that read the tables it wrote::
 from querycache.analysis import ALL, Analysis, Analyzer, analyze
 from querycache.cache import QueryCache
 from querycache.errors import OptionError
+from querycache.queues import QueueFull
 from querycache.report import Report
 
-__all__ = ["ALL", "Analysis", "Analyzer", "OptionError", "QueryCache", "Report", "analyze"]
+__all__ = [
+    "ALL",
+    "Analysis",
+    "Analyzer",
+    "OptionError",
+    "QueryCache",
+    "QueueFull",
+    "Report",
+    "analyze",
+]
 __version__ = "0.1.0"

@@ -29,6 +29,7 @@ from querycache.integration.orm import OrmFastPath
 from querycache.invalidation import local
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.cells import CellRegistry
+from querycache.queues.pending import PendingWrites
 from querycache.refresh import Refresher
 from querycache.reports import Report, build_report
 from querycache.reports.fleet import Publisher, start_publisher
@@ -218,6 +219,9 @@ class QueryCache:
         self.catalogs: dict[str, Catalog] = {}
         self.redis: RedisTier | None = None
         self.bus: InvalidationBus | None = None
+        # write-behind (querycache.queues): open queues, read-your-writes tables
+        self.write_behinds: list[Any] = []
+        self.write_pending = PendingWrites()
         # the Redis settings are checked with or without Redis: a mistake
         # should not wait for the day a URL is added
         number("redis_timeout", redis_timeout)
@@ -285,6 +289,18 @@ class QueryCache:
         sync_class = type(f"QueryCache{base.__name__}", (base,), {})
         self._orm.install(sync_class)
         return async_sessionmaker(bind=bind, sync_session_class=sync_class, **kw)
+
+    def write_behind(
+        self,
+        engine: Engine | AsyncEngine,
+        journal: Any = "sqlite:///querycache-journal.db",
+        **kw: Any,
+    ) -> Any:
+        """A durable write-behind queue applying to ``engine`` (wrapped if it is
+        not yet): see :class:`querycache.queues.WriteBehind` for the settings."""
+        from querycache.queues.writebehind import WriteBehind
+
+        return WriteBehind(self, engine, journal, **kw)
 
     # -- invalidation -----------------------------------------------------------
     def invalidate(self, *tables: str) -> None:

@@ -7,6 +7,7 @@
     querycache sample [--db URL] [--scale F] [--seed N] [--if-absent]
     querycache report --redis URL [--namespace N] [--format text|json|html] [-o FILE]
     querycache top --redis URL [--namespace N] [--interval S] [--iterations N]
+    querycache queue status|retry|drop [--journal URL]
 
 Each verb is a function that adds its subparser (``_add_<verb>``) and sets
 ``func`` to the function that runs it; add a verb by adding one to
@@ -33,6 +34,7 @@ from querycache.demo import (
     cmd_demo,
     shown,
 )
+from querycache.queues.cli import add_queue
 from querycache.reports.commands import _add_report, _add_top
 
 SAMPLE_SEED = 42
@@ -128,7 +130,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 #: the verbs: each adds its subparser to the ``add_subparsers`` object it is given
-VERBS: list[Callable[[Any], None]] = [_add_demo, _add_sample, _add_report, _add_top]
+VERBS: list[Callable[[Any], None]] = [_add_demo, _add_sample, _add_report, _add_top, add_queue]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -184,6 +184,8 @@ class EngineBinding:
         core = self.core
         if not self.fast_ok:
             self.fast_ok = not (self.check_isolation and self.isolation_of({}) in SNAPSHOT_LEVELS)
+            if core.write_pending:  # after the store: see querycache.queues.pending
+                self.fast_ok = False
         info = ctx._dbapi_connection.info
         scope = self.scope_for(info)
         plan = core.plan(ctx.statement, self.dialect_name)
@@ -212,6 +214,11 @@ class EngineBinding:
         if analysis.kind != "read" or ctx.executemany:
             self._before_other(ctx, plan, info)
             return
+        if core.write_pending:  # write-behind entries pending: read your writes
+            state = info.get(STATE_KEY)
+            core.write_pending.before_read(
+                analysis.tables_read, state is not None and state.has_writes, self.is_async
+            )
         qs = plan.stats
         capture = opts.get(CAPTURE_OPTION)
         if capture is not None:
