@@ -171,6 +171,19 @@ def _copy_sqlite(src: Path, dst: Path) -> str:
     return f"sqlite:///{dst}"
 
 
+def content_digest(path: Path) -> str:
+    """A digest of a SQLite database's content (its SQL dump): two files with
+    the same schema and rows have the same digest."""
+    import hashlib
+    import sqlite3
+
+    h = hashlib.sha256()
+    with closing(sqlite3.connect(path)) as conn:
+        for line in conn.iterdump():
+            h.update(line.encode())
+    return h.hexdigest()[:16]
+
+
 def _warm_up(url: str, args: argparse.Namespace) -> None:
     """One of each read, so that neither run pays for a cold page cache."""
     from sample_db.workload import Workload, all_reads
@@ -192,22 +205,72 @@ def _engine(url: str, threads: int) -> Engine:
 
 
 def _on_copies(src: Path, args: argparse.Namespace, cache: Any) -> tuple[Any, ...]:
-    """Each side on its own fresh copy of the SQLite file, plain first."""
+    """Each side on its own fresh copy of the SQLite file, the same slices of the
+    stream in alternating rounds (the order flipping every round), so that the
+    machine's noise falls on both sides alike. Each side keeps its engine (and
+    the cached side its cache) from round to round."""
+    from sample_db.workload import run
+
     with tempfile.TemporaryDirectory(prefix="querycache-demo-") as tmp:
-        out = []
+        sides = []
+        digests = []
         for name, c in (("plain", None), ("querycache", cache)):
             url = _copy_sqlite(src, Path(tmp) / f"{name}.sqlite")
+            digests.append(content_digest(Path(tmp) / f"{name}.sqlite"))
             _warm_up(url, args)
-            out.append(_measure(url, args, c))
-    (plain, p_ex, p_res), (cached, c_ex, c_res) = out
-    return plain, cached, p_ex, c_ex, p_res, c_res
+            raw = _engine(url, args.threads)
+            counter = ExecutionCounter(raw, url)
+            engine = c.wrap(raw) if c is not None else raw
+            maker = (c.sessionmaker if c is not None else sessionmaker)(
+                bind=engine, expire_on_commit=False
+            )
+            sides.append((engine, counter, maker, [], {}, [counter.value()]))
+        if digests[0] != digests[1]:  # cannot happen with the backup API; never unnoticed
+            raise RuntimeError(f"the two copies differ: {digests}")
+        print(f"both copies start from identical data (content digest {digests[0]})")
+        try:
+            n = -(-args.ops // DEMO_ROUNDS)
+            for r in range(DEMO_ROUNDS):
+                ops = min(n, args.ops - r * n)
+                if ops <= 0:
+                    break
+                for side in (0, 1) if r % 2 == 0 else (1, 0):
+                    _, counter, maker, stats, results, _ = sides[side]
+                    got: dict[int, Any] = {}
+                    part = _workload(args, r * n)
+                    stats.append(
+                        run(maker, ops=ops, threads=args.threads, workload=part, results=got)
+                    )
+                    results.update({r * n + i: v for i, v in got.items()})
+            for _, counter, _, _, _, marks in sides:
+                marks.append(counter.value())
+        finally:
+            for engine, counter, *_ in sides:
+                counter.close()
+                engine.dispose()
+    execs = [m[1] - m[0] if m[0] is not None and m[1] is not None else None for *_, m in sides]
+    return _merge(sides[0][3]), _merge(sides[1][3]), execs[0], execs[1], sides[0][4], sides[1][4]
+
+
+def _merge(rs: list[Any]) -> Any:
+    """One summary of several rounds (p50/p99: the median of the rounds')."""
+    from sample_db.workload import Stats
+
+    secs = sum(s.seconds for s in rs)
+    return Stats(
+        **{k: sum(getattr(s, k) for s in rs) for k in ("ops", "reads", "writes", "errors")},
+        seconds=secs,
+        ops_per_sec=sum(s.ops for s in rs) / secs if secs else 0.0,
+        p50_ms=statistics.median(s.p50_ms for s in rs),
+        p99_ms=statistics.median(s.p99_ms for s in rs),
+        error_samples=[e for s in rs for e in s.error_samples],
+    )
 
 
 def _interleaved(url: str, args: argparse.Namespace, cache: Any) -> tuple[Any, ...]:
     """Both sides on the same database, the same slices in alternating rounds; the
     plain side's writes do not pass through the cache, so after each plain round
     the cache drops what they may have changed (every table the workload writes)."""
-    from sample_db.workload import Stats
 
     _warm_up(url, args)
     per: list[list[Any]] = [[], []]
@@ -223,18 +286,7 @@ def _interleaved(url: str, args: argparse.Namespace, cache: Any) -> tuple[Any, .
             if not side:
                 cache.invalidate(*WRITTEN_TABLES)
 
-    def merge(rs: list[Any]) -> Any:
-        secs = sum(s.seconds for s in rs)
-        return Stats(
-            **{k: sum(getattr(s, k) for s in rs) for k in ("ops", "reads", "writes", "errors")},
-            seconds=secs,
-            ops_per_sec=sum(s.ops for s in rs) / secs if secs else 0.0,
-            p50_ms=statistics.median(s.p50_ms for s in rs),
-            p99_ms=statistics.median(s.p99_ms for s in rs),
-            error_samples=[e for s in rs for e in s.error_samples],
-        )
-
-    return merge(per[0]), merge(per[1]), execs[0], execs[1], None, None
+    return _merge(per[0]), _merge(per[1]), execs[0], execs[1], None, None
 
 
 def _stale(p_res: dict[int, Any], c_res: dict[int, Any], threads: int) -> tuple[int, list[str]]:
@@ -269,8 +321,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cache = QueryCache(redis_url=args.redis) if args.redis else QueryCache()
     if src is not None:
         print(
-            "each side runs the same operations on its own fresh copy of the database "
-            "(plain first, then querycache); the database itself is left unchanged"
+            "each side runs the same operations on its own fresh copy of the database, "
+            f"in {DEMO_ROUNDS} alternating rounds (p50/p99: median of the rounds); "
+            "the database itself is left unchanged"
         )
         plain, cached, plain_execs, cached_execs, p_res, c_res = _on_copies(src, args, cache)
     else:

@@ -242,3 +242,26 @@ def test_demo_prints_the_side_by_side_table(tmp_path):
     executions = next(line for line in out.splitlines() if line.startswith("db executions "))
     assert "n/a" not in executions  # counted on SQLite through the trace callback
     assert (tmp_path / "demo.sqlite").exists()
+
+
+def test_demo_sides_start_from_identical_data_and_leave_the_database_unchanged(tmp_path):
+    from querycache.demo import content_digest
+
+    path = tmp_path / "demo.sqlite"
+    db = f"sqlite:///{path}"
+    args = ["--db", db, "--scale", "0.01", "--ops", "300", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "querycache.cli", "demo", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    source = content_digest(path)  # the demo copies, never writes, the sample
+    line = next(ln for ln in proc.stdout.splitlines() if "identical data" in ln)
+    assert line.endswith(f"(content digest {source})")
+    summary = next(ln for ln in proc.stdout.splitlines() if ln.startswith("querycache: "))
+    assert " 0 stale reads in " in summary
+    assert (tmp_path / "querycache-report.html").exists()
