@@ -34,7 +34,7 @@ __all__ = [
     "shown",
 ]
 
-DEMO_SCALE = 0.2
+DEMO_SCALE = 1.0
 DEMO_OPS = 10_000
 DEMO_THREADS = 1
 DEMO_ROUNDS = 4
