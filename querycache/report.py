@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from querycache.invalidation.lease import lease_report
+
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
 
@@ -177,6 +179,7 @@ def build_report(cache: QueryCache) -> Report:
             "errors": dict(stats.errors),
             "events": dict(stats.events),
             "degraded": list(stats.degraded),
+            "lease": lease_report(cache),
             "recommendations": _recommend(totals, queries, tables),
         }
     )

@@ -96,6 +96,14 @@ class Stats:
         self.errors: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.degraded: list[dict[str, Any]] = []
+        self._reset_lease()
+
+    def _reset_lease(self) -> None:
+        #: the channel lease (:mod:`querycache.invalidation.lease`): how often
+        #: and how long it lapsed, and the memory-tier hits refused meanwhile
+        self.lease_lapses = 0
+        self.lease_seconds = 0.0
+        self.lease_hits_lost = 0
 
     def query(self, fingerprint: str, fingerprint_id: str, tables: frozenset[str]) -> QueryStats:
         """The counters of a fingerprint, created on first sight."""
@@ -126,3 +134,4 @@ class Stats:
             self.errors.clear()
             self.events.clear()
             self.degraded.clear()
+            self._reset_lease()

@@ -1,0 +1,213 @@
+"""The channel lease: the memory tier serves only while the bus proves it is caught up.
+
+A process with Redis learns about other processes' commits on its
+invalidation channel (:mod:`querycache.invalidation.bus`). Detecting that the
+channel failed takes time, and a stalled server keeps its sockets open; so
+instead of detection the memory tier relies on a *lease*: it serves entries
+only while it holds fresh proof that the channel was alive and caught up.
+
+The proof is a ``PING`` sent on the subscription connection every
+``staleness_bound / 4`` carrying its send time ``s``. Redis answers on that
+connection after every message it delivered there before, and the bus thread
+handles messages in order, so when the ``PONG`` is handled every invalidation
+published before ``s`` has been applied. The lease then runs until
+``s + staleness_bound * 3/4``: it is computed from the *send* time carried by
+the reply, so a bus thread starved of the GIL that handles the reply late
+cannot extend it, and the reader checks it (:attr:`MemoryTier.lease_until
+<querycache.tiers.memory.MemoryTier.lease_until>` against the clock read the
+hit path already makes for the entry's TTL: one comparison). The remaining
+quarter of the bound is the margin for a reader preempted between starting a
+read and that comparison.
+
+The lease checks the channel; it cannot see a writer whose invalidation
+failed (its ``MULTI`` timed out while Redis stalled): that writer keeps the
+invalidation pending and retries it every ping interval. So after any sign
+that Redis may have stalled — a reply slower than a writer's timeout allows,
+a lapse (nobody pinged for a while: the stall may have gone unseen), a lost
+or new subscription — the lease is *in doubt*: it is renewed only by a
+prompt reply to a ping sent at least one bound after Redis answered again,
+which leaves the writers time to publish what they kept, and meanwhile
+Redis lookups are skipped too (:attr:`RedisTier.usable
+<querycache.tiers.redis.RedisTier.usable>`), since an entry whose tokens a
+pending writer has not yet replaced would look valid. While the lease has
+lapsed, reads go to Redis when it is not in doubt, or to the database; the
+memory tier keeps its entries, and the messages handled before the renewing
+``PONG`` have revalidated them (after a new subscription it starts empty).
+
+Not to be confused with the Redis *fetch* lease of
+:mod:`querycache.integration.shared` (which process runs a missing query).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from querycache.settings import number
+
+__all__ = ["ChannelLease", "check_bound", "lease_report"]
+
+_monotonic = time.monotonic
+
+
+def check_bound(value: Any) -> float:
+    """Validate ``staleness_bound`` (seconds, a finite number > 0)."""
+    number("staleness_bound", value)
+    if not math.isfinite(value):
+        raise ValueError(f"staleness_bound must be a finite number of seconds, got {value!r}")
+    return float(value)
+
+
+class ChannelLease:
+    """The lease of one cache's memory tier on its invalidation channel.
+
+    Driven by the bus thread (:meth:`payload`, :meth:`proof`,
+    :meth:`subscribed`, :meth:`dropped`); read by the hit path through
+    ``memory.lease_until``.
+    """
+
+    def __init__(self, memory: Any, tier: Any, stats: Any, bound: float, redis_timeout: float):
+        self.memory = memory
+        self.tier = tier
+        self.stats = stats
+        self.bound = bound
+        #: seconds between pings
+        self.interval = max(0.0005, bound / 4)
+        #: how long one proof is good for (the bound minus the margin)
+        self.validity = bound - bound / 4
+        #: after a sign of trouble: how long the writers get to publish
+        self.grace = bound
+        #: a reply slower than this may hide a writer's timed-out invalidation
+        self.late = max(0.002, redis_timeout - self.interval)
+        self.epoch = 0  # one per subscription: replies to older ones are ignored
+        self.doubt_from: float | None = None  # renew only from pings sent after this
+        self.fresh = True  # never subscribed yet: nothing to doubt
+        self._lapsed_from: float | None = None
+        self._lock = threading.Lock()
+        self.periods: deque[dict[str, float]] = deque(maxlen=100)
+        memory.lease_until = 0.0
+        memory.stats = stats
+
+    # -- the bus thread ----------------------------------------------------------------
+    def payload(self, now: float) -> str:
+        """The argument of the next ``PING``: subscription epoch and send time."""
+        return f"{self.epoch} {now!r}"
+
+    def proof(self, data: Any, received: float) -> bool:
+        """Handle a ``PONG``; True when it renewed the lease."""
+        try:
+            if isinstance(data, bytes):
+                data = data.decode("ascii")
+            epoch, sent_text = str(data).split(" ")
+            sent = float(sent_text)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if int(epoch) != self.epoch:
+            return False
+        late = received - sent > self.late
+        with self._lock:
+            if self.doubt_from is not None:
+                if late:
+                    self.doubt_from = max(self.doubt_from, received + self.grace)
+                    return False
+                if sent < self.doubt_from:
+                    return False
+                self.doubt_from = None
+                self.tier.in_doubt = False
+            elif late or (self.memory.lease_until < received and not self.fresh):
+                self._doubt(received)
+                return False
+            self.fresh = False
+            self._renew(sent + self.validity, received)
+        return True
+
+    def subscribed(self, now: float) -> None:
+        """A (new) subscription is confirmed; messages before it were missed."""
+        with self._lock:
+            if self.fresh:
+                self.doubt_from = None
+                self.tier.in_doubt = False
+            else:
+                self.doubt_from = now + self.grace
+
+    def dropped(self, now: float) -> None:
+        """The subscription is gone: no proof until a new one is confirmed."""
+        with self._lock:
+            self.epoch += 1
+            self.fresh = False
+            if self.memory.lease_until > now:
+                self.memory.lease_until = now
+            if self.doubt_from is None:
+                self._doubt(now)
+            self.doubt_from = math.inf
+
+    def _doubt(self, now: float) -> None:
+        self.doubt_from = now + self.grace
+        self.tier.in_doubt = True
+        if self._lapsed_from is None and not self.fresh:
+            until = self.memory.lease_until
+            self._lapsed_from = until if until > 0.0 else now
+
+    def _renew(self, deadline: float, received: float) -> None:
+        memory = self.memory
+        start = self._lapsed_from
+        self._lapsed_from = None
+        if start is not None and start < received:
+            self.stats.lease_lapses += 1
+            self.stats.lease_seconds += received - start
+            self.periods.append(
+                {"start": start, "seconds": round(received - start, 4)},
+            )
+        if deadline > memory.lease_until:
+            memory.lease_until = deadline
+
+    # -- reading -----------------------------------------------------------------------
+    @property
+    def held(self) -> bool:
+        """Whether the memory tier may serve right now."""
+        return self.memory.lease_until >= _monotonic()
+
+    def report(self) -> dict[str, Any]:
+        """The figures of the report's ``lease`` section."""
+        stats = self.stats
+        now = _monotonic()
+        lapsed = stats.lease_seconds
+        held = self.memory.lease_until >= now
+        if not held and not self.fresh:
+            since = self._lapsed_from if self._lapsed_from is not None else self.memory.lease_until
+            lapsed += max(0.0, now - since)
+        return {
+            "enabled": True,
+            "pid": os.getpid(),
+            "staleness_bound": self.bound,
+            "ping_interval": self.interval,
+            "held": held,
+            "in_doubt": self.doubt_from is not None,
+            "lapses": stats.lease_lapses,
+            "seconds_without_lease": round(lapsed, 4),
+            "hits_lost": stats.lease_hits_lost,
+            "recent_lapses": [
+                {"ago": round(now - p["start"], 3), "seconds": p["seconds"]}
+                for p in list(self.periods)[-10:]
+            ],
+        }
+
+
+def lease_report(cache: Any) -> dict[str, Any]:
+    """``data["lease"]`` of the report: this process's time without a lease and
+    the memory-tier hits that cost; a memory-only cache has no lease."""
+    lease = getattr(cache, "lease", None)
+    if lease is None:
+        return {
+            "enabled": False,
+            "pid": os.getpid(),
+            "staleness_bound": None,
+            "lapses": 0,
+            "seconds_without_lease": 0.0,
+            "hits_lost": 0,
+        }
+    return lease.report()
