@@ -113,6 +113,8 @@ class Harness:
         # these tests are not about timeouts: a reply slower than the 50 ms
         # default on a loaded machine must not turn an expected hit into a miss
         kw.setdefault("redis_timeout", 0.5)
+        # nor about the lease: a bus thread starved for 50 ms must not either
+        kw.setdefault("staleness_bound", 5.0)
         cache = connected_cache(**kw)
         self.caches.append(cache)
         return cache

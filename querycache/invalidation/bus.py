@@ -33,6 +33,9 @@ __all__ = ["InvalidationBus"]
 
 log = logging.getLogger("querycache")
 
+#: seconds between retries of invalidations that failed to reach Redis
+_RETRY = 0.005
+
 
 class InvalidationBus:
     """Subscriber thread of one cache."""
@@ -55,6 +58,8 @@ class InvalidationBus:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="querycache-bus", daemon=True)
         self.messages = 0
+        #: the current subscription (None between two)
+        self.pubsub: Any = None
 
     def start(self) -> None:
         self._thread.start()
@@ -75,6 +80,7 @@ class InvalidationBus:
                 client = self.tier.clients.subscriber()
                 pubsub = client.pubsub(ignore_subscribe_messages=False)
                 pubsub.subscribe(self.tier.channel)
+                self.pubsub = pubsub
                 self._await_subscribed(pubsub)
                 self.lease.subscribed(time.monotonic())
                 self._recover_tier()
@@ -93,13 +99,14 @@ class InvalidationBus:
                     self.connected.clear()
                     self.lease.dropped(time.monotonic())
                     self.on_down()
+                self.pubsub = None
                 if pubsub is not None:
                     try:
                         pubsub.close()
                     except Exception:
                         pass
             # a writer with invalidations to publish must not sleep long
-            self._stop.wait(min(backoff, self.ping_interval) if self.tier.pending else backoff)
+            self._stop.wait(min(backoff, _RETRY) if self.tier.pending else backoff)
             backoff = min(backoff * 2, 1.0)
 
     def _await_subscribed(self, pubsub: Any) -> None:
@@ -130,7 +137,11 @@ class InvalidationBus:
                 pubsub.ping(lease.payload(now))  # the send time, read before sending
                 next_ping = now + interval
                 self._retry()
-            msg = pubsub.get_message(timeout=max(0.0, next_ping - time.monotonic()))
+            wait = next_ping - time.monotonic()
+            if self.tier.pending:  # a writer publishes what it kept without delay
+                self._retry()
+                wait = min(wait, _RETRY)
+            msg = pubsub.get_message(timeout=max(0.0, wait))
             now = time.monotonic()
             if msg is not None:
                 kind = msg.get("type")
@@ -140,8 +151,6 @@ class InvalidationBus:
                     last_pong = now
                     if lease.proof(msg.get("data"), now) and not self.connected.is_set():
                         self.connected.set()
-                    if self.tier.pending:  # Redis answers again: publish at once
-                        self._retry()
             if now - last_pong > silence:
                 raise TimeoutError("no PONG on the invalidation channel")
 

@@ -75,14 +75,16 @@ class ChannelLease:
         self.tier = tier
         self.stats = stats
         self.bound = bound
-        #: seconds between pings
-        self.interval = max(0.0005, bound / 4)
+        #: seconds between pings: a stall long enough to time out a writer's
+        #: call (``redis_timeout``) always holds one
+        self.interval = max(0.0005, min(bound / 4, redis_timeout / 2))
         #: how long one proof is good for (the bound minus the margin)
         self.validity = bound - bound / 4
-        #: after a sign of trouble: how long the writers get to publish
-        self.grace = bound
         #: a reply slower than this may hide a writer's timed-out invalidation
-        self.late = max(0.002, redis_timeout - self.interval)
+        self.late = redis_timeout - self.interval
+        #: after a sign of trouble: how long the writers get to publish what
+        #: they kept (they retry every few milliseconds)
+        self.grace = max(0.02, min(bound, 0.1))
         self.epoch = 0  # one per subscription: replies to older ones are ignored
         self.doubt_from: float | None = None  # renew only from pings sent after this
         self.fresh = True  # never subscribed yet: nothing to doubt

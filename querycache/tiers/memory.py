@@ -5,7 +5,8 @@ entry holds the validity cells it depends on
 The hit path (:meth:`MemoryTier.get`) takes no lock: one dict lookup, one
 clock read, the entry's expiry and the channel lease compared with it
 (:mod:`querycache.invalidation.lease`), a look at the entry's few cells, one
-LRU touch — each a single atomic operation on CPython. Stores check the captured cells under the lock.
+LRU touch — each a single atomic operation on CPython. Stores check the
+captured cells under the lock.
 An invalidation only kills cells (its cost does not grow with the entries it
 drops); the entries of dead cells are reclaimed a bounded batch at a time on
 later stores and invalidations, or as soon as a lookup finds them.
@@ -81,9 +82,9 @@ class MemoryTier:
 
     def _lapsed(self, entry: Entry, now: float) -> None:
         """A lookup the lapsed lease refused: counted if it would have hit."""
-        if self.stats is not None and entry.expires >= now:
-            if not any(cell.dead for cell in entry.cells):
-                self.stats.lease_hits_lost += 1
+        stats = self.stats
+        if stats is not None and entry.expires >= now and not any(c.dead for c in entry.cells):
+            stats.lease_hits_lost += 1
 
     def put(
         self,
