@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "workload": ([], ["--quick"]),
     "redis": ([], ["--quick"]),
     "propagation": ([], ["--quick"]),
+    "lease": ([], ["--quick"]),
 }
 
 

@@ -12,15 +12,16 @@ While the workload runs, the Redis server goes through, in order: ``SIGSTOP``
 for 3 s, ``DEBUG SLEEP``, ``CLIENT PAUSE`` (all commands), a graceful stop and
 start, a kill and start (both on the same port, empty), and a partition of one
 reading cache (its sockets shut down and every reconnection pointed at a dead
-port), healed later. Two topologies: caches in different OS processes (one
-writer process, two reader processes) and in one process (a writer cache and
-a reader cache); each with ``staleness_bound=0.02`` and the default.
+port), healed later. Caches in different OS processes and in one process: the
+writer's process holds the writing cache and a reading cache, two more
+processes one reading cache each; with ``staleness_bound=0.02`` and the
+default.
 
 Must hold: zero stale reads, zero exceptions reaching the caller (readers and
 writer), the caches served reads (counted on the database side), and every
 reading cache reports the time it spent without a lease.
 
-Each case runs ~12 s. ``QC_STALENESS_LONG=1`` runs the long variant (each
+Each case runs ~15-20 s. ``QC_STALENESS_LONG=1`` runs the long variant (each
 fault 3 s, ``-m slow``).
 
 Run as a script (``python tests/test_staleness.py '<json>'``) this file is one
@@ -283,7 +284,7 @@ def stale_reads(
 def faults(server: RedisServer, partition: Any, heal: Any, short: float) -> list[tuple[str, float]]:
     """Put the server through every fault; returns ``(name, monotonic start)``."""
     done: list[tuple[str, float]] = []
-    settle = 0.6
+    settle = 0.4
 
     def at(name: str) -> None:
         done.append((name, time.monotonic()))
@@ -312,19 +313,19 @@ def faults(server: RedisServer, partition: Any, heal: Any, short: float) -> list
     server.proc.wait(10)
     time.sleep(short / 2)
     server.start()
-    time.sleep(settle + 0.4)
+    time.sleep(settle + 0.2)
 
     at("kill/start")
     server.kill()
     time.sleep(short / 2)
     server.start()
-    time.sleep(settle + 0.4)
+    time.sleep(settle + 0.2)
 
     at("partition")
     partition(free_port())
-    time.sleep(short * 2)
+    time.sleep(short + 0.3)
     heal()
-    time.sleep(settle + 0.6)
+    time.sleep(settle + 0.4)
     at("end")
     return done
 
@@ -337,20 +338,16 @@ def phase_of(t: float, phases: list[tuple[str, float]]) -> str:
     return name
 
 
-TOPOLOGIES = {
-    # writer process + 2 reader processes, each its own cache
-    "processes": [[{"writer": True}], [{"readers": 2}], [{"readers": 2}]],
-    # one process: a writer cache (with a reader) and a reader cache
-    "one process": [[{"writer": True, "readers": 1}, {"readers": 2}]],
-}
+#: caches per process: the writer's process also holds a reader cache (two
+#: caches in one process); two more processes hold one reader cache each
+LAYOUT = [[{"writer": True, "readers": 1}, {"readers": 2}], [{"readers": 2}], [{"readers": 2}]]
 
 
 @pytest.mark.parametrize("bound", [0.02, None], ids=["bound=0.02", "default bound"])
-@pytest.mark.parametrize("topology", list(TOPOLOGIES))
 @pytest.mark.parametrize(
     "length", [pytest.param("short"), pytest.param("long", marks=pytest.mark.slow)]
 )
-def test_no_read_older_than_the_bound_under_every_redis_fault(tmp_path, topology, bound, length):
+def test_no_read_older_than_the_bound_under_every_redis_fault(tmp_path, bound, length):
     if length == "long" and not LONG:
         pytest.skip("long variant: set QC_STALENESS_LONG=1")
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
@@ -362,13 +359,13 @@ def test_no_read_older_than_the_bound_under_every_redis_fault(tmp_path, topology
         "namespace": "st" + uuid.uuid4().hex[:10],
         "bound": bound,
     }
-    layout = TOPOLOGIES[topology]
+    layout = LAYOUT
     children = [
         Child({**base, "caches": caches}, tmp_path / f"child{i}.log")
         for i, caches in enumerate(layout)
     ]
     # the partitioned cache: a reader (a writer cut off is the declared window)
-    victim, victim_cache = (children[1], 0) if len(children) > 1 else (children[0], 1)
+    victim, victim_cache = children[1], 0
     try:
         for c in children:
             c.expect("ready")
@@ -389,7 +386,7 @@ def test_no_read_older_than_the_bound_under_every_redis_fault(tmp_path, topology
         server.stop()
 
     commits = [tuple(x) for r in results for x in r["commits"]]
-    assert len(commits) > 200, f"the writer hardly wrote ({len(commits)} commits)"
+    assert len(commits) > 100, f"the writer hardly wrote ({len(commits)} commits)"
     assert [v for v, _ in commits] == list(range(1, len(commits) + 1))
     bound_s = bound if bound is not None else QueryCache().staleness_bound
     errors = [e for r in results for e in r["errors"]]
