@@ -7,7 +7,8 @@ instead of detection the memory tier relies on a *lease*: it serves entries
 only while it holds fresh proof that the channel was alive and caught up.
 
 The proof is a ``PING`` sent on the subscription connection every
-``staleness_bound / 4`` carrying its send time ``s``. Redis answers on that
+``staleness_bound / 4`` (at most ``redis_timeout / 5``) carrying its send time
+``s``. Redis answers on that
 connection after every message it delivered there before, and the bus thread
 handles messages in order, so when the ``PONG`` is handled every invalidation
 published before ``s`` has been applied. The lease then runs until
@@ -21,12 +22,14 @@ read and that comparison.
 
 The lease checks the channel; it cannot see a writer whose invalidation
 failed (its ``MULTI`` timed out while Redis stalled): that writer keeps the
-invalidation pending and retries it every ping interval. So after any sign
-that Redis may have stalled — a reply slower than a writer's timeout allows,
-a lapse (nobody pinged for a while: the stall may have gone unseen), a lost
-or new subscription — the lease is *in doubt*: it is renewed only by a
-prompt reply to a ping sent at least one bound after Redis answered again,
-which leaves the writers time to publish what they kept, and meanwhile
+invalidation pending and retries it every 5 ms. So after any sign that Redis
+may have stalled for ``redis_timeout`` — a reply later than ``redis_timeout``
+minus the gap since the previous ping (a stall that long, begun after the
+previous ping, either held this one or lies in the gap), a lost or new
+subscription — the lease is *in doubt*: it is renewed only by a prompt reply
+to a ping sent a *grace* (``staleness_bound / 2``, 20 to 50 ms) after Redis
+answered again, which leaves the writers time to publish what they kept
+(this assumes the writers' ``redis_timeout`` is not shorter), and meanwhile
 Redis lookups are skipped too (:attr:`RedisTier.usable
 <querycache.tiers.redis.RedisTier.usable>`), since an entry whose tokens a
 pending writer has not yet replaced would look valid. While the lease has
@@ -44,7 +47,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from querycache.settings import number
@@ -75,16 +78,18 @@ class ChannelLease:
         self.tier = tier
         self.stats = stats
         self.bound = bound
-        #: seconds between pings: a stall long enough to time out a writer's
-        #: call (``redis_timeout``) always holds one
-        self.interval = max(0.0005, min(bound / 4, redis_timeout / 2))
+        #: seconds between pings
+        self.interval = max(0.0005, min(bound / 4, redis_timeout / 5))
         #: how long one proof is good for (the bound minus the margin)
         self.validity = bound - bound / 4
-        #: a reply slower than this may hide a writer's timed-out invalidation
-        self.late = redis_timeout - self.interval
+        #: a stall this long may have timed out a writer's invalidation
+        self.timeout = redis_timeout
+        self._last_sent: float | None = None
         #: after a sign of trouble: how long the writers get to publish what
-        #: they kept (they retry every few milliseconds)
-        self.grace = max(0.02, min(bound, 0.1))
+        #: they kept (they retry every 5 ms)
+        self.grace = max(0.02, min(bound / 2, 0.05))
+        #: why the lease was put in doubt, and how often
+        self.doubts: Counter[str] = Counter()
         self.epoch = 0  # one per subscription: replies to older ones are ignored
         self.doubt_from: float | None = None  # renew only from pings sent after this
         self.fresh = True  # never subscribed yet: nothing to doubt
@@ -96,32 +101,39 @@ class ChannelLease:
 
     # -- the bus thread ----------------------------------------------------------------
     def payload(self, now: float) -> str:
-        """The argument of the next ``PING``: subscription epoch and send time."""
-        return f"{self.epoch} {now!r}"
+        """The argument of the next ``PING``: subscription epoch, send time and
+        the previous ping's send time."""
+        prev = self._last_sent if self._last_sent is not None else now
+        self._last_sent = now
+        return f"{self.epoch} {now!r} {prev!r}"
 
     def proof(self, data: Any, received: float) -> bool:
         """Handle a ``PONG``; True when it renewed the lease."""
         try:
             if isinstance(data, bytes):
                 data = data.decode("ascii")
-            epoch, sent_text = str(data).split(" ")
-            sent = float(sent_text)
+            epoch, sent_text, prev_text = str(data).split(" ")
+            sent, prev = float(sent_text), float(prev_text)
         except (ValueError, UnicodeDecodeError):
             return False
         if int(epoch) != self.epoch:
             return False
-        late = received - sent > self.late
+        # A stall of redis_timeout or more (which may have timed out a writer)
+        # began after the previous ping: if it held this one, the reply is
+        # later than redis_timeout - gap; if not, the gap itself is longer.
+        late = received - sent > self.timeout - (sent - prev)
         with self._lock:
             if self.doubt_from is not None:
                 if late:
+                    self.doubts["late reply"] += 1
                     self.doubt_from = max(self.doubt_from, received + self.grace)
                     return False
                 if sent < self.doubt_from:
                     return False
                 self.doubt_from = None
                 self.tier.in_doubt = False
-            elif late or (self.memory.lease_until < received and not self.fresh):
-                self._doubt(received)
+            elif late:
+                self._doubt(received, "late reply" if received - sent > sent - prev else "gap")
                 return False
             self.fresh = False
             self._renew(sent + self.validity, received)
@@ -130,24 +142,28 @@ class ChannelLease:
     def subscribed(self, now: float) -> None:
         """A (new) subscription is confirmed; messages before it were missed."""
         with self._lock:
+            self._last_sent = None
             if self.fresh:
                 self.doubt_from = None
                 self.tier.in_doubt = False
             else:
+                self.doubts["new subscription"] += 1
                 self.doubt_from = now + self.grace
 
     def dropped(self, now: float) -> None:
         """The subscription is gone: no proof until a new one is confirmed."""
         with self._lock:
             self.epoch += 1
+            self._last_sent = None
             self.fresh = False
             if self.memory.lease_until > now:
                 self.memory.lease_until = now
             if self.doubt_from is None:
-                self._doubt(now)
+                self._doubt(now, "subscription lost")
             self.doubt_from = math.inf
 
-    def _doubt(self, now: float) -> None:
+    def _doubt(self, now: float, why: str) -> None:
+        self.doubts[why] += 1
         self.doubt_from = now + self.grace
         self.tier.in_doubt = True
         if self._lapsed_from is None and not self.fresh:
@@ -192,6 +208,7 @@ class ChannelLease:
             "lapses": stats.lease_lapses,
             "seconds_without_lease": round(lapsed, 4),
             "hits_lost": stats.lease_hits_lost,
+            "doubts": dict(self.doubts),
             "recent_lapses": [
                 {"ago": round(now - p["start"], 3), "seconds": p["seconds"]}
                 for p in list(self.periods)[-10:]
