@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             ["hit path", "ns / call", "share of an L1 hit", f"<= {GOAL_SHARE:.0%}"],
             [
                 [
-                    "MemoryTier.get without the lease check",
+                    "MemoryTier.get without the lease",
                     f"{cost['get_without'] * 1e9:.0f}",
                     "",
                     "",
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(
-        f"staleness_bound 0.1 s (default): a ping every 10 ms, a proof lasts 75 ms, "
+        f"staleness_bound 0.1 s (default): a ping every 10 ms, a proof lasts 90 ms, "
         f"grace 50 ms; {seconds:g} s, 1 writer (a commit every ~10 ms) + 3 tight-loop readers"
     )
     for kind, idx, _, _, lease in procs:

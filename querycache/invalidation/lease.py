@@ -7,18 +7,18 @@ instead of detection the memory tier relies on a *lease*: it serves entries
 only while it holds fresh proof that the channel was alive and caught up.
 
 The proof is a ``PING`` sent on the subscription connection every
-``staleness_bound / 4`` (at most ``redis_timeout / 5``) carrying its send time
-``s``. Redis answers on that
-connection after every message it delivered there before, and the bus thread
-handles messages in order, so when the ``PONG`` is handled every invalidation
-published before ``s`` has been applied. The lease then runs until
-``s + staleness_bound * 3/4``: it is computed from the *send* time carried by
-the reply, so a bus thread starved of the GIL that handles the reply late
-cannot extend it, and the reader checks it (:attr:`MemoryTier.lease_until
+``staleness_bound / 4`` (at most ``redis_timeout / 5``) carrying its send
+time ``s``. Redis answers on that connection after every message it
+delivered there before, and the bus thread handles messages in order, so
+when the ``PONG`` is handled every invalidation published before ``s`` has
+been applied. The lease then runs until ``s + staleness_bound - margin``: it
+is computed from the *send* time carried by the reply, so a bus thread
+starved of the GIL that handles the reply late cannot extend it, and the
+reader checks it (:attr:`MemoryTier.lease_until
 <querycache.tiers.memory.MemoryTier.lease_until>` against the clock read the
-hit path already makes for the entry's TTL: one comparison). The remaining
-quarter of the bound is the margin for a reader preempted between starting a
-read and that comparison.
+hit path already makes for the entry's TTL: one comparison). The *margin* (a
+quarter of the bound, at most 10 ms) is for a reader preempted between
+starting a read and that comparison.
 
 The lease checks the channel; it cannot see a writer whose invalidation
 failed (its ``MULTI`` timed out while Redis stalled): that writer keeps the
@@ -80,8 +80,9 @@ class ChannelLease:
         self.bound = bound
         #: seconds between pings
         self.interval = max(0.0005, min(bound / 4, redis_timeout / 5))
-        #: how long one proof is good for (the bound minus the margin)
-        self.validity = bound - bound / 4
+        #: how long one proof is good for: the bound minus a margin for a
+        #: reader preempted between starting a read and checking the lease
+        self.validity = bound - min(bound / 4, 0.01)
         #: a stall this long may have timed out a writer's invalidation
         self.timeout = redis_timeout
         self._last_sent: float | None = None
@@ -173,6 +174,8 @@ class ChannelLease:
     def _renew(self, deadline: float, received: float) -> None:
         memory = self.memory
         start = self._lapsed_from
+        if start is None and 0.0 < memory.lease_until < received:
+            start = memory.lease_until  # ran out between two proofs, no doubt
         self._lapsed_from = None
         if start is not None and start < received:
             self.stats.lease_lapses += 1
