@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "propagation": ([], ["--quick"]),
     "stats": ([], ["--quick"]),
     "write_behind": ([], ["--quick"]),
+    "lease": ([], ["--quick"]),
 }
 
 

@@ -29,6 +29,7 @@ from querycache.integration.orm import OrmFastPath
 from querycache.invalidation import local
 from querycache.invalidation.bus import InvalidationBus
 from querycache.invalidation.cells import CellRegistry
+from querycache.invalidation.lease import ChannelLease, check_bound
 from querycache.queues.pending import PendingWrites
 from querycache.refresh import Refresher
 from querycache.reports import Report, build_report
@@ -142,6 +143,10 @@ class QueryCache:
     :param publish_stats: with Redis, seconds between publishing this process's
         report for ``querycache report --redis`` and ``querycache top``
         (``None``: never); see :mod:`querycache.reports.fleet`.
+    :param staleness_bound: seconds (default 0.1): the longest time after
+        another process's commit during which this process may still serve a
+        memory-tier entry the commit invalidated, under any Redis fault (see
+        :mod:`querycache.invalidation.lease`; only caches with Redis have a lease).
     """
 
     def __init__(
@@ -170,6 +175,7 @@ class QueryCache:
         refresh_budget: float = 0.005,
         max_stale: Mapping[str, float] | None = None,
         publish_stats: float | None = 10.0,
+        staleness_bound: float = 0.1,
     ) -> None:
         self.settings = Settings.build(
             ttl=ttl,
@@ -230,14 +236,24 @@ class QueryCache:
             raise TypeError(f"hash_params must be True or False, got {hash_params!r}")
         codec = Codec(signing_key=signing_key, compress_threshold=compress_threshold)
         self.lease_timeout = float(lease_timeout)
+        self.staleness_bound = check_bound(staleness_bound)
+        #: the memory tier's lease on the invalidation channel (with Redis)
+        self.lease: ChannelLease | None = None
         if redis_url is not None or redis is not None:
             clients = RedisClients(url=redis_url, client=redis, timeout=float(redis_timeout))
             self.redis = RedisTier(clients, self.namespace, codec, self.stats, hash_params)
             # until the bus is subscribed, invalidations from other processes
             # could be missed: the memory tier starts suspended
             self.memory.suspend()
+            self.lease = ChannelLease(
+                self.memory, self.redis, self.stats, self.staleness_bound, float(redis_timeout)
+            )
             self.bus = InvalidationBus(
-                self.redis, self._remote_invalidation, self._bus_down, self._bus_up
+                self.redis,
+                self._remote_invalidation,
+                self._bus_down,
+                self._bus_up,
+                self.lease,
             )
             self.bus.start()
         self.publisher: Publisher | None = start_publisher(self, publish_stats)

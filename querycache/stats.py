@@ -266,6 +266,14 @@ class Stats:
         self.started = time.time()
         self.timeline: list[list[float]] = [[self.started, 0, 0, 0]]
         self.next_sample = 0.0
+        self._reset_lease()
+
+    def _reset_lease(self) -> None:
+        #: the channel lease (:mod:`querycache.invalidation.lease`): how often
+        #: and how long it lapsed, and the memory-tier hits refused meanwhile
+        self.lease_lapses = 0
+        self.lease_seconds = 0.0
+        self.lease_hits_lost = 0
 
     def query(self, fingerprint: str, fingerprint_id: str, tables: frozenset[str]) -> QueryStats:
         """The counters of a fingerprint, created on first sight."""
@@ -380,3 +388,4 @@ class Stats:
             self.started = now
             self.timeline = [[now, 0, 0, 0]]
             self.next_sample = 0.0
+            self._reset_lease()

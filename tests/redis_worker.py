@@ -91,6 +91,7 @@ SLOW_ROWS = 2500
 def connected_cache(timeout: float = 10.0, **kw: Any) -> QueryCache:
     """A :class:`QueryCache` whose invalidation bus is subscribed (its memory
     tier is suspended until then)."""
+    kw.setdefault("publish_stats", None)  # tests count Redis commands
     cache = QueryCache(**kw)
     if cache.bus is not None and not cache.bus.connected.wait(timeout):
         cache.close()
@@ -261,6 +262,7 @@ def main(argv: list[str]) -> int:
         redis_url=cfg["redis_url"],
         namespace=cfg.get("namespace", "default"),
         lease_timeout=float(cfg.get("lease_timeout", 2.0)),
+        redis_timeout=float(cfg.get("redis_timeout", 0.05)),
     )
     cache.wrap(engine)
     try:

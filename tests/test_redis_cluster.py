@@ -83,7 +83,8 @@ class Caches:
         self.made: list[tuple[QueryCache, Any]] = []
 
     def new(self, url: str) -> tuple[QueryCache, sa.Engine, SqliteTrace]:
-        cache = connected_cache(redis=self.cluster.client(), namespace=self.ns)
+        # not about timeouts: a loaded machine's 50 ms stall must not skip Redis
+        cache = connected_cache(redis=self.cluster.client(), namespace=self.ns, redis_timeout=0.5)
         engine = sa.create_engine(url)
         trace = SqliteTrace(engine)  # before wrap(), which may connect at once
         cache.wrap(engine)

@@ -114,6 +114,8 @@ class Harness:
         # default on a loaded machine must not turn an expected hit into a miss
         kw.setdefault("redis_timeout", 0.5)
         kw.setdefault("publish_stats", None)  # these tests count every Redis command
+        # nor about the lease: a bus thread starved for 50 ms must not either
+        kw.setdefault("staleness_bound", 5.0)
         cache = connected_cache(**kw)
         self.caches.append(cache)
         return cache

@@ -6,13 +6,17 @@ matching memory-tier entries and bumps their local versions. Messages from
 this process are skipped: its own commits were applied before they were
 published.
 
-The thread also watches the channel's health with a ``PING`` every
-``ping_interval`` seconds. While the channel is down — error, timeout, or
-no ``PONG`` within three intervals (a stopped server keeps its socket open)
-— invalidations could be missed, so the memory tier is *suspended*: emptied,
-and refusing stores. After re-subscribing it resumes empty. The same thread
-retries invalidations that failed to reach Redis and marks the Redis tier
-healthy again once a ``PING`` succeeds, with exponential backoff.
+The thread also keeps the memory tier's lease
+(:mod:`querycache.invalidation.lease`): a ``PING`` carrying its send time every
+``staleness_bound / 4`` on the subscription connection, whose ``PONG`` —
+answered after every earlier message — renews it. The lease, not failure
+detection, bounds staleness. Without any ``PONG`` for a while (at least
+0.35 s: a stopped server keeps its sockets open) the connection is given up:
+the memory tier is *suspended* (emptied, refusing stores) and resumes empty
+after re-subscribing. The same thread retries invalidations that failed to
+reach Redis — every ping interval, and before every reconnection attempt,
+so that they are published as soon as Redis answers again — and marks the
+Redis tier healthy again once a ``PING`` succeeds.
 """
 
 from __future__ import annotations
@@ -23,9 +27,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from querycache.invalidation.lease import ChannelLease
+
 __all__ = ["InvalidationBus"]
 
 log = logging.getLogger("querycache")
+
+#: seconds between retries of invalidations that failed to reach Redis
+_RETRY = 0.005
 
 
 class InvalidationBus:
@@ -37,17 +46,20 @@ class InvalidationBus:
         on_message: Callable[[str, frozenset[str] | None], None],
         on_down: Callable[[], None],
         on_up: Callable[[], None],
-        ping_interval: float = 0.1,
+        lease: ChannelLease,
     ) -> None:
         self.tier = tier
         self.on_message = on_message
         self.on_down = on_down
         self.on_up = on_up
-        self.ping_interval = ping_interval
+        self.lease = lease
+        self.ping_interval = lease.interval
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="querycache-bus", daemon=True)
         self.messages = 0
+        #: the current subscription (None between two)
+        self.pubsub: Any = None
 
     def start(self) -> None:
         self._thread.start()
@@ -63,12 +75,15 @@ class InvalidationBus:
         while not self._stop.is_set():
             pubsub = None
             try:
+                if self.tier.pending:  # publish what this process kept first
+                    self.tier.apply_pending()
                 client = self.tier.clients.subscriber()
                 pubsub = client.pubsub(ignore_subscribe_messages=False)
                 pubsub.subscribe(self.tier.channel)
+                self.pubsub = pubsub
                 self._await_subscribed(pubsub)
+                self.lease.subscribed(time.monotonic())
                 self._recover_tier()
-                self.connected.set()
                 if not up:
                     up = True
                     self.on_up()
@@ -82,13 +97,16 @@ class InvalidationBus:
                 if up:
                     up = False
                     self.connected.clear()
+                    self.lease.dropped(time.monotonic())
                     self.on_down()
+                self.pubsub = None
                 if pubsub is not None:
                     try:
                         pubsub.close()
                     except Exception:
                         pass
-            self._stop.wait(backoff)
+            # a writer with invalidations to publish must not sleep long
+            self._stop.wait(min(backoff, _RETRY) if self.tier.pending else backoff)
             backoff = min(backoff * 2, 1.0)
 
     def _await_subscribed(self, pubsub: Any) -> None:
@@ -108,11 +126,22 @@ class InvalidationBus:
             tier.recovered()
 
     def _listen(self, pubsub: Any) -> None:
-        interval = self.ping_interval
+        lease = self.lease
+        interval = lease.interval
+        silence = max(0.35, 3 * interval + 0.05)
         last_pong = time.monotonic()
-        next_ping = last_pong + interval
+        next_ping = last_pong  # at once: the first proof
         while not self._stop.is_set():
-            msg = pubsub.get_message(timeout=interval / 2)
+            now = time.monotonic()
+            if now >= next_ping:
+                pubsub.ping(lease.payload(now))  # the send time, read before sending
+                next_ping = now + interval
+                self._retry()
+            wait = next_ping - time.monotonic()
+            if self.tier.pending:  # a writer publishes what it kept without delay
+                self._retry()
+                wait = min(wait, _RETRY)
+            msg = pubsub.get_message(timeout=max(0.0, wait))
             now = time.monotonic()
             if msg is not None:
                 kind = msg.get("type")
@@ -120,13 +149,19 @@ class InvalidationBus:
                     self._handle(msg.get("data"))
                 elif kind == "pong":
                     last_pong = now
-            if now >= next_ping:
-                pubsub.ping()
-                next_ping = now + interval
-                if not (self.tier.healthy and not self.tier.pending):
-                    self._recover_tier()
-            if now - last_pong > 3 * interval + 0.05:
+                    if lease.proof(msg.get("data"), now) and not self.connected.is_set():
+                        self.connected.set()
+            if now - last_pong > silence:
                 raise TimeoutError("no PONG on the invalidation channel")
+
+    def _retry(self) -> None:
+        """Retry pending invalidations / health; a failure keeps the subscription."""
+        if self.tier.healthy and not self.tier.pending:
+            return
+        try:
+            self._recover_tier()
+        except Exception:
+            pass
 
     def _handle(self, data: Any) -> None:
         """``inv|hold <origin> <scope digest or *> <tables or *>``."""

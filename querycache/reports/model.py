@@ -6,6 +6,7 @@ import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from querycache.invalidation.lease import lease_report
 from querycache.queues.writebehind import write_behind_figures
 from querycache.refresh import refresh_figures
 from querycache.reports.build import build_data, finish
@@ -83,6 +84,7 @@ def build_report(cache: QueryCache) -> Report:
     # features add their figures here, one line each: data["<name>"] = <module>.section(cache)
     data.update(refresh_figures(cache))  # "refresh" and "stale"
     data["write_behind"] = write_behind_figures(cache)
+    data["lease"] = lease_report(cache)
     return Report(finish(data))
 
 

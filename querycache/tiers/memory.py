@@ -3,8 +3,10 @@ entry holds the validity cells it depends on
 (:mod:`querycache.invalidation.cells`).
 
 The hit path (:meth:`MemoryTier.get`) takes no lock: one dict lookup, one
-clock read, a look at the entry's few cells, one LRU touch — each a single
-atomic operation on CPython. Stores check the captured cells under the lock.
+clock read, the entry's expiry and the channel lease compared with it
+(:mod:`querycache.invalidation.lease`), a look at the entry's few cells, one
+LRU touch — each a single atomic operation on CPython. Stores check the
+captured cells under the lock.
 An invalidation only kills cells (its cost does not grow with the entries it
 drops); the entries of dead cells are reclaimed a bounded batch at a time on
 later stores and invalidations, or as soon as a lookup finds them.
@@ -40,6 +42,11 @@ class MemoryTier:
         self.evictions = 0
         self.expirations = 0
         self.suspended = False
+        #: monotonic time until which entries may be served: the channel
+        #: lease's deadline with Redis, +inf for a memory-only cache
+        self.lease_until = float("inf")
+        #: where lookups refused by a lapsed lease are counted (Stats)
+        self.stats: Any = None
 
     def __len__(self) -> int:
         return len(self._data)
@@ -50,7 +57,11 @@ class MemoryTier:
         entry = self._data.get(key)
         if entry is None:
             return None
-        if entry.expires < _monotonic():
+        now = _monotonic()
+        if self.lease_until < now:  # before the cells: see the lease module
+            self._lapsed(entry, now)
+            return None
+        if entry.expires < now:
             with self.lock:
                 if self._data.get(key) is entry:
                     self._remove(key)
@@ -77,6 +88,12 @@ class MemoryTier:
         if entry is None or entry.expires < _monotonic() or any(c.dead for c in entry.cells):
             return None
         return entry
+
+    def _lapsed(self, entry: Entry, now: float) -> None:
+        """A lookup the lapsed lease refused: counted if it would have hit."""
+        stats = self.stats
+        if stats is not None and entry.expires >= now and not any(c.dead for c in entry.cells):
+            stats.lease_hits_lost += 1
 
     def put(
         self,

@@ -71,6 +71,9 @@ class RedisTier:
         self.gen_key = self.prefix + "g"
         self.origin = os.urandom(6).hex()
         self.healthy = True
+        #: set by the channel lease after a sign that Redis stalled: another
+        #: process may still hold an invalidation it could not publish
+        self.in_doubt = False
         self._lock = threading.Lock()
         self.pending: dict[str, set[str] | None] = {}  # scope digest -> tables (None: all)
         self.distrusted: dict[str, set[str] | None] = {}  # held by other processes
@@ -112,7 +115,7 @@ class RedisTier:
     # -- health -----------------------------------------------------------------
     @property
     def usable(self) -> bool:
-        return self.healthy and not self.pending
+        return self.healthy and not self.pending and not self.in_doubt
 
     def failed(self, exc: BaseException, where: str, fatal: bool = False) -> None:
         """A Redis call failed: stop using Redis until the bus finds it back.
