@@ -16,7 +16,7 @@ from logging.config import fileConfig
 from pathlib import Path
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import MetaData, create_engine, pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,9 +30,12 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
-# querycache's own table (revision 0002), so `alembic check` compares it too
-applied_table(target_metadata)
+# querycache's own table (revision 0002) in a MetaData of its own, so that
+# `alembic check` compares it too without adding it to the application's models
+# (env.py may run several times in one process: the table is defined once here)
+_querycache_metadata = MetaData()
+applied_table(_querycache_metadata)
+target_metadata = [Base.metadata, _querycache_metadata]
 
 
 def database_url() -> str:
