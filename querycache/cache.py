@@ -37,6 +37,7 @@ from querycache.tiers.codec import Codec
 from querycache.tiers.connections import RedisClients
 from querycache.tiers.memory import MemoryTier
 from querycache.tiers.redis import RedisTier
+from querycache.verify import Verifier, check_rate
 
 __all__ = ["Plan", "QueryCache"]
 
@@ -126,6 +127,9 @@ class QueryCache:
         while (see :mod:`querycache.admission`; per statement
         ``execution_options(querycache_admission="always")``); ``"always"``:
         store every cacheable result.
+    :param verify: the fraction of hits re-executed against the database and
+        compared with what was served (``0``: off; ``1.0``: every hit, and the
+        caller gets the database's result); see :mod:`querycache.verify`.
     """
 
     def __init__(
@@ -150,7 +154,9 @@ class QueryCache:
         hash_params: bool = True,
         invalidation: str = "precise",
         admission: str = "adaptive",
+        verify: float = 0.0,
     ) -> None:
+        check_rate(verify)
         self.settings = Settings.build(
             ttl=ttl,
             memory_bytes=memory_bytes,
@@ -212,6 +218,7 @@ class QueryCache:
                 self.redis, self._remote_invalidation, self.memory.suspend, self.memory.resume
             )
             self.bus.start()
+        self.verifier = Verifier(self, verify)
 
     # -- attaching ------------------------------------------------------------
     def wrap(self, engine: Engine | AsyncEngine) -> Any:
@@ -232,6 +239,7 @@ class QueryCache:
             if owner is not None:
                 raise ValueError("this engine is already wrapped by another QueryCache")
             binding = attach(self, sync)
+            self.verifier.attach(binding, sync)
             if not binding.private:
                 local.register(self, binding.scope)
             if self.settings.discover_views:
@@ -365,6 +373,7 @@ class QueryCache:
     def close(self) -> None:
         """Stop the bus thread, close Redis clients, drop the memory tier."""
         self._closed = True
+        self.verifier.close()
         local.unregister(self)
         if self.bus is not None:
             self.bus.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from querycache.verify import verify_report, verify_text
+
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
 
@@ -78,6 +80,7 @@ class Report:
                 f"  {tb['reads']:>8} {tb['writes']:>7} {tb['invalidations']:>13} {per:>11.1f} "
                 f"{tb['mean_drop_share']:>9.1%}  {tb['table']}"
             )
+        out += verify_text(d.get("verify"))
         if d["recommendations"]:
             out += ["", "  recommendations:"]
             out += [f"  - {r}" for r in d["recommendations"]]
@@ -178,6 +181,7 @@ def build_report(cache: QueryCache) -> Report:
             "events": dict(stats.events),
             "degraded": list(stats.degraded),
             "recommendations": _recommend(totals, queries, tables),
+            "verify": verify_report(cache),
         }
     )
 
