@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from querycache.integration.engine import EngineBinding
     from querycache.tiers.base import Entry
 
-__all__ = ["MAX_PENDING", "Verifier", "verify_report", "verify_text"]
+__all__ = ["MAX_PENDING", "TALLIES", "Tally", "Verifier", "verify_report", "verify_text"]
 
 log = logging.getLogger("querycache")
 
@@ -60,6 +60,21 @@ log = logging.getLogger("querycache")
 MAX_PENDING = 16
 _NEVER = 1 << 62
 _MAX_DETAILS = 50
+
+
+class Tally:
+    """Verdicts summed over every cache of the process (the pytest plugin's)."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.matched = 0
+        self.mismatches = 0
+        self.concurrent_writes = 0
+        self.details: list[dict[str, Any]] = []
+
+
+#: tallies every verdict is added to (empty unless a plugin listens)
+TALLIES: list[Tally] = []
 
 
 def check_rate(value: Any) -> float:
@@ -254,7 +269,9 @@ class Verifier:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the verdict -------------------------------------------------------------------
-    def judge(self, check: Check, fresh: list[tuple[Any, ...]], description: Any, aio: bool) -> None:
+    def judge(
+        self, check: Check, fresh: list[tuple[Any, ...]], description: Any, aio: bool
+    ) -> None:
         """Compare ``fresh`` rows with the entry; classify and act on a difference."""
         served = check.entry.rows
         if _same(served, fresh):
@@ -277,6 +294,9 @@ class Verifier:
         with self.lock:
             self.checked += 1
             setattr(self, what, getattr(self, what) + 1)
+            for t in TALLIES:
+                t.checked += 1
+                setattr(t, what, getattr(t, what) + 1)
 
     def _went_stale(self, check: Check, aio: bool) -> bool:
         if check.tier == "redis":
@@ -314,6 +334,11 @@ class Verifier:
                 }
             d["count"] += 1
             d["diff"] = diff
+            for t in TALLIES:
+                t.checked += 1
+                t.mismatches += 1
+                if first and len(t.details) < 100:
+                    t.details.append(dict(d))
         if first:
             log.warning(
                 "querycache verify: a cached result of %s differed from the database "
