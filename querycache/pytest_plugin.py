@@ -17,6 +17,12 @@ database's rows, so the suite behaves as without the cache; what the cache
 *would* have served is compared with them. The session prints one summary
 line and fails when any result differed.
 
+An application that wraps an engine itself after the plugin wrapped it (its
+first connection came before ``cache.wrap()``) takes it over: the engine's
+binding moves to the application's cache, which then works as without the
+plugin (while enabled, all caches intern connection identities in one table,
+so the move keeps every connection's identity valid).
+
 Options: ``--querycache-verify=RATE`` (ini ``querycache_verify``), the
 fraction of hits checked (below 1, unchecked hits are served from the cache);
 ``--querycache-ttl=SECONDS`` (ini ``querycache_ttl``).
@@ -25,6 +31,7 @@ fraction of hits checked (below 1, unchecked hits are served from the cache);
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -33,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import Dialect
 
 from querycache import verify as verify_module
+from querycache.integration.identity import Idents
 
 __all__ = ["QueryCachePlugin"]
 
@@ -83,12 +91,33 @@ class QueryCachePlugin:
         self.lock = threading.Lock()
         self.tally = verify_module.Tally()
         self._original: Any = None
+        self._idents: Any = None
+        self._wrap: Any = None
 
     # -- lifecycle -----------------------------------------------------------
     def install(self) -> None:
         """Hook engine creation (``Dialect.engine_created``, which every
         ``create_engine`` calls) and start tallying verdicts."""
+        from querycache import cache as cache_module
+
         verify_module.TALLIES.append(self.tally)
+        shared = Idents()
+        self._idents = cache_module.Idents
+        cache_module.Idents = lambda: shared  # type: ignore[assignment,misc]
+        self._wrap = cache_module.QueryCache.wrap
+        plugin = self
+        original_wrap = self._wrap
+
+        def wrap(cache: Any, engine: Any) -> Any:
+            sync = getattr(engine, "sync_engine", engine)
+            binding = getattr(getattr(sync, "dialect", None), "execution_ctx_cls", None)
+            binding = getattr(binding, "_qc", None)
+            if binding is not None and binding.core is not cache and binding.core in plugin.caches:
+                plugin.hand_over(binding, sync, cache)
+                return engine
+            return original_wrap(cache, engine)
+
+        cache_module.QueryCache.wrap = wrap  # type: ignore[method-assign]
         original = Dialect.__dict__["engine_created"]
         self._original = original
         plugin = self
@@ -100,6 +129,10 @@ class QueryCachePlugin:
         Dialect.engine_created = classmethod(engine_created)  # type: ignore[method-assign,assignment]
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        from querycache import cache as cache_module
+
+        cache_module.Idents = self._idents  # type: ignore[misc]
+        cache_module.QueryCache.wrap = self._wrap  # type: ignore[method-assign]
         if self._original is not None:
             Dialect.engine_created = self._original  # type: ignore[method-assign]
             self._original = None
@@ -118,24 +151,59 @@ class QueryCachePlugin:
         plugin = self
 
         def first_connect(conn: Any) -> None:
-            plugin.wrap(engine)
+            binding = plugin.wrap(engine)
+            fairy = conn._dbapi_connection
+            if binding is not None and fairy is not None:
+                # checked out before the cache was there: observe it now
+                binding.connections.on_checkout(
+                    fairy.dbapi_connection, fairy._connection_record, fairy
+                )
 
         event.listen(engine, "engine_connect", first_connect, once=True)
 
-    def wrap(self, engine: Engine) -> None:
+    def wrap(self, engine: Engine) -> Any:
+        """Wrap ``engine`` with a cache of its own; its binding, or None."""
         from querycache import QueryCache
 
         if getattr(engine.dialect.execution_ctx_cls, "_qc", None) is not None:
-            return  # the application wraps it itself
+            return None  # the application wraps it itself
         cache = QueryCache(ttl=self.ttl, verify=self.rate)
         try:
             cache.wrap(engine)
         except Exception:  # pragma: no cover - never break the suite
             cache.close()
-            return
+            return None
         with self.lock:
             self.caches.append(cache)
             self.engines += 1
+        return cache._bindings.get(id(engine.dialect))
+
+    def hand_over(self, binding: Any, engine: Engine, cache: Any) -> None:
+        """Move ``engine``'s binding from the plugin's cache to ``cache``, as if
+        ``cache`` had wrapped it (the application's own cache wins)."""
+        from querycache.invalidation import local
+
+        old = binding.core
+        with self.lock:
+            self.caches.remove(old)
+            self.engines -= 1
+        old._bindings.pop(id(engine.dialect), None)
+        old.close()
+        with cache._lock:
+            binding.core = cache
+            binding.memory = cache.memory
+            binding.analyzer = cache.analyzer
+            binding.aliases.clear()
+            if not binding.private:
+                local.register(cache, binding.scope)
+            cache._bindings[id(engine.dialect)] = binding
+            cache.verifier.attach(binding, engine)
+            if cache.redis is not None:
+                cache._scope_ids[cache.redis.scope_id(binding.scope)] = binding.scope
+            if cache.settings.discover_views:
+                binding.catalog_pending = True
+                if not engine.dialect.is_async:
+                    cache._discover_now(engine, binding)
 
     # -- reporting -----------------------------------------------------------
     def _drain(self) -> None:
@@ -154,7 +222,21 @@ class QueryCachePlugin:
             f"(rate {self.rate:g}), {t.mismatches} mismatches, "
             f"{t.concurrent_writes} changed by concurrent writes"
         )
+        hits = misses = 0
+        reasons: Counter[str] = Counter()
+        for cache in self.caches:
+            for qs in list(cache.stats.queries.values()):
+                hits += qs.hits
+                misses += qs.misses
+                reasons.update(qs.bypasses)
+        line += (
+            f"; reads through the caches: {hits} hits, {misses} misses, "
+            f"{sum(reasons.values())} bypasses"
+        )
         terminalreporter.write_sep("-", "querycache verify")
         terminalreporter.write_line(line, red=bool(t.mismatches), green=not t.mismatches)
+        if reasons:
+            top = ", ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+            terminalreporter.write_line(f"  most bypassed because: {top}")
         for d in t.details[:20]:
             terminalreporter.write_line(f"  mismatch: {d['fingerprint'][:100]}: {d['diff']}")

@@ -132,3 +132,29 @@ def test_own_cache(tmp_path):
     result = pytester.runpytest(*PLUGIN, "--querycache")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*querycache: 0 engines wrapped*"])
+
+
+def test_an_application_wrapping_after_first_use_takes_the_engine_over(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(app=APP)
+    pytester.makepyfile(
+        test_late="""
+from querycache import QueryCache
+from app import make, read
+
+def test_late_wrap(tmp_path):
+    e, _ = make(tmp_path)  # connected: the plugin wrapped it
+    assert read(e) == "a"
+    qc = QueryCache()
+    assert qc.wrap(e) is e
+    assert e.dialect.execution_ctx_cls._qc.core is qc
+    for _ in range(3):
+        assert read(e) == "a"
+    totals = qc.report().as_dict()["totals"]
+    assert totals["misses"] == 1 and totals["memory_hits"] == 2
+"""
+    )
+    result = pytester.runpytest(*PLUGIN, "--querycache")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*querycache: 0 engines wrapped*0 mismatches*"])

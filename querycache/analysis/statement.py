@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from sqlglot import exp
-from sqlglot.tokens import TokenType
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import TokenType
 
 from querycache.analysis.classify import DDL_KEYWORDS, Part
 from querycache.analysis.fingerprint import normalize, render
