@@ -214,3 +214,30 @@ def test_no_false_mismatch_under_a_concurrent_writer(pg_url, rate):
     v = qc.report().as_dict()["verify"]
     assert v["mismatches"] == 0, v
     assert v["checked"] >= 150
+
+
+async def test_async_engine_checks_on_the_callers_connection(sqlite_path):
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    qc = QueryCache(verify=0.5)  # async: sampled hits are checked inline
+    e = qc.wrap(create_async_engine(f"sqlite+aiosqlite:///{sqlite_path}"))
+    async with e.begin() as c:
+        await c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+        await c.execute(text("INSERT INTO t VALUES (1, 'a')"))
+
+    async def read():
+        async with e.connect() as c:
+            return (await c.execute(Q, {"i": 1})).all()
+
+    assert await read() == [(1, "a")]
+    raw = sqlite3.connect(sqlite_path)
+    raw.execute("UPDATE t SET v = 'z' WHERE id = 1")
+    raw.commit()
+    raw.close()
+    for _ in range(200):
+        if await read() == [(1, "z")]:
+            break
+    assert qc.verifier.mismatches == 1
+    assert await read() == [(1, "z")]
+    await e.dispose()
+    await qc.aclose()
