@@ -100,7 +100,6 @@ class QueryCachePlugin:
         ``create_engine`` calls) and start tallying verdicts."""
         from querycache import cache as cache_module
 
-        verify_module.TALLIES.append(self.tally)
         shared = Idents()
         self._idents = cache_module.Idents
         cache_module.Idents = lambda: shared  # type: ignore[assignment,misc]
@@ -110,8 +109,9 @@ class QueryCachePlugin:
 
         def wrap(cache: Any, engine: Any) -> Any:
             sync = getattr(engine, "sync_engine", engine)
-            binding = getattr(getattr(sync, "dialect", None), "execution_ctx_cls", None)
-            binding = getattr(binding, "_qc", None)
+            binding = None
+            if isinstance(sync, Engine):  # anything else: wrap() raises its TypeError
+                binding = getattr(sync.dialect.execution_ctx_cls, "_qc", None)
             if binding is not None and binding.core is not cache and binding.core in plugin.caches:
                 plugin.hand_over(binding, sync, cache)
                 return engine
@@ -136,8 +136,6 @@ class QueryCachePlugin:
         if self._original is not None:
             Dialect.engine_created = self._original  # type: ignore[method-assign]
             self._original = None
-        if self.tally in verify_module.TALLIES:
-            verify_module.TALLIES.remove(self.tally)
         for cache in self.caches:
             cache.close()
 
@@ -173,6 +171,7 @@ class QueryCachePlugin:
         except Exception:  # pragma: no cover - never break the suite
             cache.close()
             return None
+        cache.verifier.tallies.append(self.tally)
         with self.lock:
             self.caches.append(cache)
             self.engines += 1
@@ -210,6 +209,9 @@ class QueryCachePlugin:
         for cache in self.caches:
             cache.verifier.drain(5.0)
 
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.tally.where = nodeid
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self._drain()
         if self.tally.mismatches and session.exitstatus == pytest.ExitCode.OK:
@@ -239,4 +241,6 @@ class QueryCachePlugin:
             top = ", ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
             terminalreporter.write_line(f"  most bypassed because: {top}")
         for d in t.details[:20]:
-            terminalreporter.write_line(f"  mismatch: {d['fingerprint'][:100]}: {d['diff']}")
+            terminalreporter.write_line(
+                f"  mismatch in {d['test']}: {d['fingerprint'][:100]}: {d['diff']}"
+            )

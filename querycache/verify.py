@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from querycache.integration.engine import EngineBinding
     from querycache.tiers.base import Entry
 
-__all__ = ["MAX_PENDING", "TALLIES", "Tally", "Verifier", "verify_report", "verify_text"]
+__all__ = ["MAX_PENDING", "Tally", "Verifier", "verify_report", "verify_text"]
 
 log = logging.getLogger("querycache")
 
@@ -63,18 +63,16 @@ _MAX_DETAILS = 50
 
 
 class Tally:
-    """Verdicts summed over every cache of the process (the pytest plugin's)."""
+    """Verdicts summed over several caches (the pytest plugin's); ``where``
+    names what is running (the test), recorded with each mismatch."""
 
     def __init__(self) -> None:
+        self.where = ""
         self.checked = 0
         self.matched = 0
         self.mismatches = 0
         self.concurrent_writes = 0
         self.details: list[dict[str, Any]] = []
-
-
-#: tallies every verdict is added to (empty unless a plugin listens)
-TALLIES: list[Tally] = []
 
 
 def check_rate(value: Any) -> float:
@@ -126,6 +124,8 @@ class Verifier:
         self._executor: ThreadPoolExecutor | None = None
         self._engines: dict[int, weakref.ref[Any]] = {}
         self._rng = random.Random()
+        #: also told every verdict (the pytest plugin's :class:`Tally`)
+        self.tallies: list[Tally] = []
         self._flagged: dict[int, Any] = {}  # entries found wrong (kept: ids stay unique)
 
     # -- sampling ----------------------------------------------------------------
@@ -294,7 +294,7 @@ class Verifier:
         with self.lock:
             self.checked += 1
             setattr(self, what, getattr(self, what) + 1)
-            for t in TALLIES:
+            for t in self.tallies:
                 t.checked += 1
                 setattr(t, what, getattr(t, what) + 1)
 
@@ -334,11 +334,11 @@ class Verifier:
                 }
             d["count"] += 1
             d["diff"] = diff
-            for t in TALLIES:
+            for t in self.tallies:
                 t.checked += 1
                 t.mismatches += 1
-                if first and len(t.details) < 100:
-                    t.details.append(dict(d))
+                if len(t.details) < 100:
+                    t.details.append({**d, "test": t.where})
         if first:
             log.warning(
                 "querycache verify: a cached result of %s differed from the database "

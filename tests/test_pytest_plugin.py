@@ -95,7 +95,10 @@ def test_mismatch_fails_the_session(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)  # the test itself saw the database's row
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
-        ["*1 mismatches*", "*mismatch: SELECT v FROM t WHERE id = ?*row 0 differs in v*"]
+        [
+            "*1 mismatches*",
+            "*mismatch in test_app.py::test_raw_write: SELECT v FROM t WHERE id = ?*row 0 differs*",
+        ]
     )
 
 
