@@ -151,6 +151,11 @@ class QueryCachePlugin:
         def first_connect(conn: Any) -> None:
             binding = plugin.wrap(engine)
             fairy = conn._dbapi_connection
+            if binding is not None and type(conn) is not engine._connection_cls:
+                try:  # made before the wrap: give it the cache's connection class too
+                    conn.__class__ = engine._connection_cls
+                except TypeError:  # pragma: no cover - a layout we do not know
+                    pass
             if binding is not None and fairy is not None:
                 # checked out before the cache was there: observe it now
                 binding.connections.on_checkout(
