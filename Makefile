@@ -38,3 +38,12 @@ servers:
 
 clean:
 	rm -rf $(VENV) sample_db/data .pytest_cache .ruff_cache
+
+## Soak: the sample workload on PostgreSQL + Redis, several processes, Redis
+## restarts/pauses and pg_terminate_backend, verify=1.0; fails on a mismatch,
+## an error to the caller or memory growth. SOAK_SECONDS=60 make soak for a short one.
+SOAK_SECONDS ?= 600
+SOAK_PROCESSES ?= 3
+.PHONY: soak
+soak: $(STAMP) servers
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_PROCESSES=$(SOAK_PROCESSES) $(BIN)/python -m benchmarks.soak

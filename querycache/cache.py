@@ -42,6 +42,7 @@ from querycache.tiers.codec import Codec
 from querycache.tiers.connections import RedisClients
 from querycache.tiers.memory import MemoryTier
 from querycache.tiers.redis import RedisTier
+from querycache.verify import Verifier, check_rate
 
 __all__ = ["Plan", "QueryCache"]
 
@@ -147,6 +148,9 @@ class QueryCache:
         another process's commit during which this process may still serve a
         memory-tier entry the commit invalidated, under any Redis fault (see
         :mod:`querycache.invalidation.lease`; only caches with Redis have a lease).
+    :param verify: the fraction of hits re-executed against the database and
+        compared with what was served (``0``: off; ``1.0``: every hit, and the
+        caller gets the database's result); see :mod:`querycache.verify`.
     """
 
     def __init__(
@@ -176,7 +180,9 @@ class QueryCache:
         max_stale: Mapping[str, float] | None = None,
         publish_stats: float | None = 10.0,
         staleness_bound: float = 0.1,
+        verify: float = 0.0,
     ) -> None:
+        check_rate(verify)
         self.settings = Settings.build(
             ttl=ttl,
             memory_bytes=memory_bytes,
@@ -257,6 +263,7 @@ class QueryCache:
             )
             self.bus.start()
         self.publisher: Publisher | None = start_publisher(self, publish_stats)
+        self.verifier = Verifier(self, verify)
 
     # -- attaching ------------------------------------------------------------
     def wrap(self, engine: Engine | AsyncEngine) -> Any:
@@ -277,6 +284,7 @@ class QueryCache:
             if owner is not None:
                 raise ValueError("this engine is already wrapped by another QueryCache")
             binding = attach(self, sync)
+            self.verifier.attach(binding, sync)
             if not binding.private:
                 local.register(self, binding.scope)
             # read on the first statement that needs it (not here: an engine
@@ -429,6 +437,7 @@ class QueryCache:
         """Stop the bus thread, close Redis clients, drop the memory tier."""
         self._closed = True
         self.refresher.close()
+        self.verifier.close()
         local.unregister(self)
         if self.publisher is not None:
             self.publisher.stop()

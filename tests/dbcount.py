@@ -137,9 +137,7 @@ class SqliteTrace:
         f = " ".join(fragment.lower().split())
         with self._lock:
             return sum(
-                1
-                for s in self.statements
-                if f in " ".join(s.lower().split()) and PREIMAGE not in s
+                1 for s in self.statements if f in " ".join(s.lower().split()) and PREIMAGE not in s
             )
 
     def close(self) -> None:

@@ -124,9 +124,16 @@ def test_orm_corpus_covers_drivers_and_loaders() -> None:
     rows = json.loads((CORPUS / "orm.json").read_text(encoding="utf-8"))
     assert {r["driver"] for r in rows} == {"sqlite", "psycopg", "asyncpg"}
     scenarios = {r["scenario"] for r in rows}
-    for needed in ("session_get", "selectinload", "joinedload", "subqueryload",
-                   "joined_inheritance", "bulk_insert_values", "insert_returning",
-                   "on_conflict_do_update"):
+    for needed in (
+        "session_get",
+        "selectinload",
+        "joinedload",
+        "subqueryload",
+        "joined_inheritance",
+        "bulk_insert_values",
+        "insert_returning",
+        "on_conflict_do_update",
+    ):
         assert needed in scenarios
     sqls = {r["driver"]: r["sql"] for r in rows if r["scenario"] == "session_get"}
     assert "?" in sqls["sqlite"] and "%(pk_1)s" in sqls["psycopg"] and "$1" in sqls["asyncpg"]
@@ -144,29 +151,38 @@ def _fp(sql: str, dialect: str) -> str:
 @pytest.mark.parametrize(
     ("dialect", "variants"),
     [
-        ("postgresql", [
-            "SELECT * FROM users WHERE id = %(id_1)s AND name = %(name_1)s",
-            "SELECT * FROM users WHERE id = %s AND name = %s",
-            "SELECT * FROM users WHERE id = $1 AND name = $2",
-            "SELECT * FROM users WHERE id = $1::INTEGER AND name = $2::VARCHAR",
-            "SELECT * FROM users WHERE id = %(id_1)s::INTEGER AND name = %(name_1)s::VARCHAR",
-            "SELECT * FROM users WHERE id = :id AND name = :name",
-            "SELECT * FROM users WHERE id = 42 AND name = 'bob'",
-            "select *\n  from USERS\twhere ID = 7 and \"name\" = 'x' -- hi",
-            '/* c */ SELECT * FROM "users" WHERE "id" = 1 AND name = E\'a\\\'b\'',
-        ]),
-        ("sqlite", [
-            "SELECT * FROM users WHERE id = ? AND name = ?",
-            "SELECT * FROM users WHERE id = :id AND name = :name",
-            "SELECT * FROM users WHERE id = ?1 AND name = ?2",
-            "SELECT * FROM users WHERE id = 3 AND name = 'ann'",
-            "select * from `users` where [id] = -3 and name = 'it''s'",
-        ]),
-        ("mysql", [
-            "SELECT * FROM users WHERE id = %s AND name = %s",
-            "SELECT * FROM users WHERE id = %(id)s AND name = %(name)s",
-            "SELECT * FROM `users` WHERE `id` = 5 AND name = 'x' # comment",
-        ]),
+        (
+            "postgresql",
+            [
+                "SELECT * FROM users WHERE id = %(id_1)s AND name = %(name_1)s",
+                "SELECT * FROM users WHERE id = %s AND name = %s",
+                "SELECT * FROM users WHERE id = $1 AND name = $2",
+                "SELECT * FROM users WHERE id = $1::INTEGER AND name = $2::VARCHAR",
+                "SELECT * FROM users WHERE id = %(id_1)s::INTEGER AND name = %(name_1)s::VARCHAR",
+                "SELECT * FROM users WHERE id = :id AND name = :name",
+                "SELECT * FROM users WHERE id = 42 AND name = 'bob'",
+                "select *\n  from USERS\twhere ID = 7 and \"name\" = 'x' -- hi",
+                '/* c */ SELECT * FROM "users" WHERE "id" = 1 AND name = E\'a\\\'b\'',
+            ],
+        ),
+        (
+            "sqlite",
+            [
+                "SELECT * FROM users WHERE id = ? AND name = ?",
+                "SELECT * FROM users WHERE id = :id AND name = :name",
+                "SELECT * FROM users WHERE id = ?1 AND name = ?2",
+                "SELECT * FROM users WHERE id = 3 AND name = 'ann'",
+                "select * from `users` where [id] = -3 and name = 'it''s'",
+            ],
+        ),
+        (
+            "mysql",
+            [
+                "SELECT * FROM users WHERE id = %s AND name = %s",
+                "SELECT * FROM users WHERE id = %(id)s AND name = %(name)s",
+                "SELECT * FROM `users` WHERE `id` = 5 AND name = 'x' # comment",
+            ],
+        ),
     ],
 )
 def test_fingerprint_equal_across_paramstyles_literals_and_spelling(
@@ -179,23 +195,35 @@ def test_fingerprint_equal_across_paramstyles_literals_and_spelling(
 @pytest.mark.parametrize(
     ("dialect", "variants"),
     [
-        ("sqlite", [f"SELECT * FROM t WHERE id IN ({', '.join(['?'] * n)})" for n in (1, 2, 7, 300)]
-         + ["SELECT * FROM t WHERE id IN (1, 2, 3)", "SELECT * FROM t WHERE id IN ('a')"]),
-        ("postgresql", [
-            "SELECT * FROM t WHERE id IN (%(id_1_1)s::INTEGER, %(id_1_2)s::INTEGER)",
-            "SELECT * FROM t WHERE id IN ($1::INTEGER, $2::INTEGER, $3::INTEGER)",
-            "SELECT * FROM t WHERE id IN ($1,$2,$3,$4)",
-            "SELECT * FROM t WHERE id IN (1)",
-        ]),
-        ("postgresql", [
-            "SELECT * FROM t WHERE (a, b) IN ((1, 2), (3, 4))",
-            "SELECT * FROM t WHERE (a, b) IN ((%s, %s))",
-        ]),
-        ("sqlite", [
-            "INSERT INTO t (a, b) VALUES (?, ?)",
-            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)",
-            "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y')",
-        ]),
+        (
+            "sqlite",
+            [f"SELECT * FROM t WHERE id IN ({', '.join(['?'] * n)})" for n in (1, 2, 7, 300)]
+            + ["SELECT * FROM t WHERE id IN (1, 2, 3)", "SELECT * FROM t WHERE id IN ('a')"],
+        ),
+        (
+            "postgresql",
+            [
+                "SELECT * FROM t WHERE id IN (%(id_1_1)s::INTEGER, %(id_1_2)s::INTEGER)",
+                "SELECT * FROM t WHERE id IN ($1::INTEGER, $2::INTEGER, $3::INTEGER)",
+                "SELECT * FROM t WHERE id IN ($1,$2,$3,$4)",
+                "SELECT * FROM t WHERE id IN (1)",
+            ],
+        ),
+        (
+            "postgresql",
+            [
+                "SELECT * FROM t WHERE (a, b) IN ((1, 2), (3, 4))",
+                "SELECT * FROM t WHERE (a, b) IN ((%s, %s))",
+            ],
+        ),
+        (
+            "sqlite",
+            [
+                "INSERT INTO t (a, b) VALUES (?, ?)",
+                "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)",
+                "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y')",
+            ],
+        ),
     ],
 )
 def test_fingerprint_collapses_lists(dialect: str, variants: list[str]) -> None:
@@ -278,10 +306,15 @@ def test_never_cache_tables_setting() -> None:
 
 
 def test_view_dependencies_resolve_transitively() -> None:
-    an = Analyzer(view_dependencies={
-        "v_top": ["v_mid", "extra"], "public.v_mid": ["v_base"], "v_base": ["orders", "users"],
-        "loop_a": ["loop_b"], "loop_b": ["loop_a", "t"],
-    })
+    an = Analyzer(
+        view_dependencies={
+            "v_top": ["v_mid", "extra"],
+            "public.v_mid": ["v_base"],
+            "v_base": ["orders", "users"],
+            "loop_a": ["loop_b"],
+            "loop_b": ["loop_a", "t"],
+        }
+    )
     a = an.analyze("SELECT * FROM v_top", "postgresql")
     assert a.tables_read == {"v_top", "v_mid", "extra", "v_base", "orders", "users"}
     assert an.analyze("SELECT * FROM loop_a", "postgresql").tables_read == {"loop_a", "loop_b", "t"}
@@ -418,8 +451,23 @@ def test_analysis_is_frozen_with_slots() -> None:
 
 @pytest.mark.parametrize(
     "sql",
-    [None, b"SELECT 1", 42, ["SELECT 1"], "\x00", "SELECT '\udcff'", "(" * 5000, "SELECT " +
-     "(" * 400 + "1" + ")" * 400, "SELECT 1 AND " * 3000 + "1", "/*", "'", '"', "$$", "%(", "?"],
+    [
+        None,
+        b"SELECT 1",
+        42,
+        ["SELECT 1"],
+        "\x00",
+        "SELECT '\udcff'",
+        "(" * 5000,
+        "SELECT " + "(" * 400 + "1" + ")" * 400,
+        "SELECT 1 AND " * 3000 + "1",
+        "/*",
+        "'",
+        '"',
+        "$$",
+        "%(",
+        "?",
+    ],
 )
 def test_never_raises(sql: Any) -> None:
     a = Analyzer().analyze(sql, "postgresql")
@@ -442,8 +490,14 @@ def test_too_long_is_refused_quickly() -> None:
 def test_sqlglot_log_output_is_suppressed(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="sqlglot")
     an = Analyzer()
-    for sql in ("SET ROLE x", "EXPLAIN SELECT 1", "CREATE FUNCTION f() RETURNS int AS 'x'",
-                "DROP INDEX IF EXISTS a, b", "LOCK TABLE t", "SELECT * FROM t FOR UPDATE"):
+    for sql in (
+        "SET ROLE x",
+        "EXPLAIN SELECT 1",
+        "CREATE FUNCTION f() RETURNS int AS 'x'",
+        "DROP INDEX IF EXISTS a, b",
+        "LOCK TABLE t",
+        "SELECT * FROM t FOR UPDATE",
+    ):
         an.analyze(sql, "postgresql")
     assert [r for r in caplog.records if r.name.startswith("sqlglot")] == []
 

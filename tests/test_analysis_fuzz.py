@@ -18,9 +18,7 @@ from querycache.analysis.model import KINDS, TRANSACTION_OPS
 
 CORPUS = Path(__file__).with_name("analysis_corpus")
 DIALECTS = st.sampled_from(["sqlite", "postgresql", "mysql", "oracle"])
-FUZZ = settings(
-    deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _corpus_sql() -> list[str]:
@@ -34,8 +32,33 @@ def _corpus_sql() -> list[str]:
 SQLS = _corpus_sql()
 VOCABULARY = sorted(
     {tok for sql in SQLS for tok in sql.split()}
-    | {"(", ")", ",", ";", "'", '"', "`", "$$", "$1", "?", "%s", "%(x)s", ":x", "::", "--",
-       "/*", "*/", "WITH", "RECURSIVE", "AS", "UNION", "FOR", "UPDATE", "RETURNING", "INTO"}
+    | {
+        "(",
+        ")",
+        ",",
+        ";",
+        "'",
+        '"',
+        "`",
+        "$$",
+        "$1",
+        "?",
+        "%s",
+        "%(x)s",
+        ":x",
+        "::",
+        "--",
+        "/*",
+        "*/",
+        "WITH",
+        "RECURSIVE",
+        "AS",
+        "UNION",
+        "FOR",
+        "UPDATE",
+        "RETURNING",
+        "INTO",
+    }
 )
 
 

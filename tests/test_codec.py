@@ -83,49 +83,98 @@ def roundtrip(value: Any, codec: Codec = CODEC) -> Any:
 MAX_OFFSET = dt.timedelta(hours=24) - dt.timedelta(microseconds=1)
 fixed_zones = st.builds(
     lambda offset, name: dt.timezone(offset) if name is None else dt.timezone(offset, name),
-    st.timedeltas(-MAX_OFFSET, MAX_OFFSET), st.none() | st.text(max_size=8))
+    st.timedeltas(-MAX_OFFSET, MAX_OFFSET),
+    st.none() | st.text(max_size=8),
+)
 zones = st.none() | st.just(dt.UTC) | fixed_zones | st.timezones()
 folds = st.integers(0, 1)
 datetimes = st.builds(lambda d, f: d.replace(fold=f), st.datetimes(timezones=zones), folds)
 times = st.builds(lambda t, f: t.replace(fold=f), st.times(timezones=zones), folds)
-DECIMAL_SPECIALS = ["NaN", "-NaN", "sNaN", "-sNaN", "NaN123", "Infinity", "-Infinity", "-0",
-                    "0E-30", "-0E+7", "1E+999999", "-1.000E-999999", "123.4500"]
+DECIMAL_SPECIALS = [
+    "NaN",
+    "-NaN",
+    "sNaN",
+    "-sNaN",
+    "NaN123",
+    "Infinity",
+    "-Infinity",
+    "-0",
+    "0E-30",
+    "-0E+7",
+    "1E+999999",
+    "-1.000E-999999",
+    "123.4500",
+]
 decimals = st.one_of(
     st.decimals(allow_nan=True, allow_infinity=True),
     st.sampled_from(DECIMAL_SPECIALS).map(Decimal),
-    st.builds(lambda s, ds, e: Decimal((s, ds, e)), st.integers(0, 1),
-              st.lists(st.integers(0, 9), max_size=40), st.integers(-10**6, 10**6)),
+    st.builds(
+        lambda s, ds, e: Decimal((s, ds, e)),
+        st.integers(0, 1),
+        st.lists(st.integers(0, 9), max_size=40),
+        st.integers(-(10**6), 10**6),
+    ),
 )
 BIG = [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 2**200, -(2**200), 10**400]
 ints = st.integers() | st.sampled_from(BIG) | st.integers(-(2**300), 2**300)
 addresses = st.ip_addresses()
 prefixes = st.integers(0, 128)
-networks = st.builds(lambda a, p: ipaddress.ip_network((a, p % (a.max_prefixlen + 1)), False),
-                     addresses, prefixes)
-interfaces = st.builds(lambda a, p: ipaddress.ip_interface((a, p % (a.max_prefixlen + 1))),
-                       addresses, prefixes)
+networks = st.builds(
+    lambda a, p: ipaddress.ip_network((a, p % (a.max_prefixlen + 1)), False), addresses, prefixes
+)
+interfaces = st.builds(
+    lambda a, p: ipaddress.ip_interface((a, p % (a.max_prefixlen + 1))), addresses, prefixes
+)
 pg_uuids = st.uuids().map(lambda u: pgproto.UUID(u.bytes))
 hashable_scalars = st.one_of(
-    st.none(), st.booleans(), ints, st.floats(allow_nan=False), st.text(), st.binary(),
-    st.decimals(allow_nan=False), st.dates(), st.datetimes(timezones=zones), st.timedeltas(),
-    st.uuids(), addresses, networks,
+    st.none(),
+    st.booleans(),
+    ints,
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(),
+    st.decimals(allow_nan=False),
+    st.dates(),
+    st.datetimes(timezones=zones),
+    st.timedeltas(),
+    st.uuids(),
+    addresses,
+    networks,
 )
 scalars = st.one_of(
-    hashable_scalars, st.floats(), decimals, datetimes, times, interfaces, pg_uuids,
+    hashable_scalars,
+    st.floats(),
+    decimals,
+    datetimes,
+    times,
+    interfaces,
+    pg_uuids,
 )
-hashables = st.recursive(hashable_scalars, lambda c: st.lists(c, max_size=3).map(tuple),
-                         max_leaves=6)
+hashables = st.recursive(
+    hashable_scalars, lambda c: st.lists(c, max_size=3).map(tuple), max_leaves=6
+)
 values = st.recursive(
     scalars,
-    lambda c: st.lists(c, max_size=5) | st.lists(c, max_size=5).map(tuple)
-    | st.dictionaries(hashables, c, max_size=4),
+    lambda c: (
+        st.lists(c, max_size=5)
+        | st.lists(c, max_size=5).map(tuple)
+        | st.dictionaries(hashables, c, max_size=4)
+    ),
     max_leaves=25,
 )
 COLUMN_KINDS = {
-    "int": ints, "str": st.text(max_size=10), "float": st.floats(), "bool": st.booleans(),
-    "decimal": decimals, "date": st.dates(), "timedelta": st.timedeltas(), "uuid": st.uuids(),
-    "pg_uuid": pg_uuids, "json": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    "array": st.lists(st.none() | st.integers(), max_size=3), "any": values,
+    "int": ints,
+    "str": st.text(max_size=10),
+    "float": st.floats(),
+    "bool": st.booleans(),
+    "decimal": decimals,
+    "date": st.dates(),
+    "timedelta": st.timedeltas(),
+    "uuid": st.uuids(),
+    "pg_uuid": pg_uuids,
+    "json": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    "array": st.lists(st.none() | st.integers(), max_size=3),
+    "any": values,
 }
 
 
@@ -138,8 +187,9 @@ def tables(draw: st.DrawFn) -> Any:
         kind = draw(st.sampled_from(["datetime", *COLUMN_KINDS]))
         if kind == "datetime":  # one zone per column, as a driver returns them
             zone = draw(zones)
-            elem = st.builds(lambda d, f, z=zone: d.replace(tzinfo=z, fold=f), st.datetimes(),
-                             st.just(0) | folds)
+            elem = st.builds(
+                lambda d, f, z=zone: d.replace(tzinfo=z, fold=f), st.datetimes(), st.just(0) | folds
+            )
         else:
             elem = COLUMN_KINDS[kind]
         if draw(st.booleans()):
@@ -157,6 +207,7 @@ def tables(draw: st.DrawFn) -> Any:
 
 # -- round trips ------------------------------------------------------------------------------
 
+
 @FAST
 @given(values)
 def test_roundtrip_any_value(value):
@@ -173,21 +224,50 @@ def test_roundtrip_tables(value):
 def test_roundtrip_edge_values():
     paris, utc_named = ZoneInfo("Europe/Paris"), dt.timezone(dt.timedelta(0), "Zulu")
     edge = [
-        None, True, False, 0, -1, *BIG, 0.0, -0.0, math.inf, -math.inf, math.nan,
+        None,
+        True,
+        False,
+        0,
+        -1,
+        *BIG,
+        0.0,
+        -0.0,
+        math.inf,
+        -math.inf,
+        math.nan,
         struct.unpack(">d", b"\x7f\xf8\x00\x00\x00\x00\x00\x2a")[0],  # NaN with a payload
-        *map(Decimal, DECIMAL_SPECIALS), "", "é\x00\U0001f600", b"", b"\x00\xff",
-        dt.date.min, dt.date.max, dt.datetime.min, dt.datetime.max,
+        *map(Decimal, DECIMAL_SPECIALS),
+        "",
+        "é\x00\U0001f600",
+        b"",
+        b"\x00\xff",
+        dt.date.min,
+        dt.date.max,
+        dt.datetime.min,
+        dt.datetime.max,
         dt.datetime(2021, 10, 31, 2, 30, tzinfo=paris, fold=1),
         dt.datetime(2021, 3, 28, 2, 30, tzinfo=paris),  # imaginary wall time kept as is
         dt.datetime(2020, 1, 1, tzinfo=utc_named),
         dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(seconds=-1, microseconds=7))),
         dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30), "")),
         dt.time(23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=-3))),
-        dt.time(1, tzinfo=paris, fold=1), dt.timedelta.min, dt.timedelta.max,
-        dt.timedelta(days=-1, microseconds=1), uuid.UUID(int=0), uuid.uuid4(),
-        pgproto.UUID(uuid.uuid4().bytes), ipaddress.IPv6Address("fe80::1%eth0"),
-        ipaddress.ip_interface("192.168.0.1/24"), ipaddress.ip_network("10.0.0.0/8"),
-        ipaddress.ip_interface("::1/128"), (), [], {}, ((),), [()], [(), ()],
+        dt.time(1, tzinfo=paris, fold=1),
+        dt.timedelta.min,
+        dt.timedelta.max,
+        dt.timedelta(days=-1, microseconds=1),
+        uuid.UUID(int=0),
+        uuid.uuid4(),
+        pgproto.UUID(uuid.uuid4().bytes),
+        ipaddress.IPv6Address("fe80::1%eth0"),
+        ipaddress.ip_interface("192.168.0.1/24"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_interface("::1/128"),
+        (),
+        [],
+        {},
+        ((),),
+        [()],
+        [(), ()],
         {1: "int", 1.5: "float", None: 0, b"k": 1, (1, "a"): 2, Decimal("1.5"): 3},
         {"nested": [[1, None], [None, [2.5, {"x": (1,)}]]]},
     ]
@@ -197,10 +277,17 @@ def test_roundtrip_edge_values():
     roundtrip(tuple(edge))
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda x: (x,), lambda x: [x, 1], lambda x: ("a", [(x, 1), (None, 2)]),
-    lambda x: ((x, 1), (None, 2)), lambda x: {"k": (x, [1])}, lambda x: [(x,)],
-])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda x: (x,),
+        lambda x: [x, 1],
+        lambda x: ("a", [(x, 1), (None, 2)]),
+        lambda x: ((x, 1), (None, 2)),
+        lambda x: {"k": (x, [1])},
+        lambda x: [(x,)],
+    ],
+)
 def test_deep_nesting_either_roundtrips_or_is_refused_on_encode(wrap):
     value: Any = Decimal("1.5")
     refused = False
@@ -222,8 +309,10 @@ def test_bytes_like_values_come_back_as_bytes():
 
 
 def test_typical_result_is_stored_as_columns():
-    description = (("id", 23, None, None, None, None, None),
-                   ("at", 1184, None, None, None, None, None))
+    description = (
+        ("id", 23, None, None, None, None, None),
+        ("at", 1184, None, None, None, None, None),
+    )
     rows = [(i, dt.datetime(2024, 1, 1, i, tzinfo=dt.UTC)) for i in range(10)]
     data = CODEC.encode((description, rows))
     outer = msgpack.unpackb(data[4:])
@@ -234,6 +323,7 @@ def test_typical_result_is_stored_as_columns():
 
 
 # -- refusals ---------------------------------------------------------------------------------
+
 
 class Colour(enum.Enum):
     RED = 1
@@ -275,11 +365,28 @@ def unsupported_values() -> list[Any]:
     loop: list[Any] = []
     loop.append(loop)
     return [
-        Colour.RED, Level.LOW, Label("x"), Pair(1, 2), Meters(1.0), MyDecimal(1),
-        MyDatetime(2020, 1, 1), dt.datetime(2020, 1, 1, tzinfo=FixedZone()),
-        dt.time(1, tzinfo=FixedZone()), collections.OrderedDict(a=1),
-        collections.defaultdict(int), {1, 2}, frozenset(), 1j, object(), Range(1, 3),
-        asyncpg.BitString("101"), asyncpg.Point(1, 2), type, print, "\ud800", loop,
+        Colour.RED,
+        Level.LOW,
+        Label("x"),
+        Pair(1, 2),
+        Meters(1.0),
+        MyDecimal(1),
+        MyDatetime(2020, 1, 1),
+        dt.datetime(2020, 1, 1, tzinfo=FixedZone()),
+        dt.time(1, tzinfo=FixedZone()),
+        collections.OrderedDict(a=1),
+        collections.defaultdict(int),
+        {1, 2},
+        frozenset(),
+        1j,
+        object(),
+        Range(1, 3),
+        asyncpg.BitString("101"),
+        asyncpg.Point(1, 2),
+        type,
+        print,
+        "\ud800",
+        loop,
         type("MyUUID", (uuid.UUID,), {})(int=5),
     ]
 
@@ -315,6 +422,7 @@ def test_oversized_value_is_refused():
 
 
 # -- compression and signing ------------------------------------------------------------------
+
 
 def payload_flags(data: bytes) -> int:
     return data[3]
@@ -384,22 +492,26 @@ def test_decompression_bomb_is_refused():
     assert small.decode(b"QC\x01\x01" + zlib.compress(exact)) == exact[5:]
 
 
-@pytest.mark.parametrize(("kwargs", "error", "name"), [
-    ({"signing_key": 123}, TypeError, "signing_key"),
-    ({"signing_key": b""}, ValueError, "signing_key"),
-    ({"compress_threshold": -1}, ValueError, "compress_threshold"),
-    ({"compress_threshold": 1.5}, TypeError, "compress_threshold"),
-    ({"compress_threshold": True}, TypeError, "compress_threshold"),
-    ({"compress_level": 10}, ValueError, "compress_level"),
-    ({"compress_level": "1"}, TypeError, "compress_level"),
-    ({"max_size": 0}, ValueError, "max_size"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"signing_key": 123}, TypeError, "signing_key"),
+        ({"signing_key": b""}, ValueError, "signing_key"),
+        ({"compress_threshold": -1}, ValueError, "compress_threshold"),
+        ({"compress_threshold": 1.5}, TypeError, "compress_threshold"),
+        ({"compress_threshold": True}, TypeError, "compress_threshold"),
+        ({"compress_level": 10}, ValueError, "compress_level"),
+        ({"compress_level": "1"}, TypeError, "compress_level"),
+        ({"max_size": 0}, ValueError, "max_size"),
+    ],
+)
 def test_settings_are_validated(kwargs, error, name):
     with pytest.raises(error, match=name):
         Codec(**kwargs)
 
 
 # -- hostile input ----------------------------------------------------------------------------
+
 
 def decode_or_codec_error(codec: Codec, data: Any) -> None:
     """Decoding may succeed (the bytes may be valid) but may only fail with CodecError."""
@@ -427,7 +539,9 @@ def test_garbage_extension_payloads_raise_codec_error_only(code, payload):
 
 garbage_items = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 300) | st.binary(max_size=18) | st.text(max_size=3),
-    lambda c: st.lists(c, max_size=8), max_leaves=30)
+    lambda c: st.lists(c, max_size=8),
+    max_leaves=30,
+)
 
 
 @FAST
@@ -458,7 +572,12 @@ def test_specific_malformed_inputs():
     for _ in range(5000):  # deeper than the interpreter's recursion limit
         nested = msgpack.packb(msgpack.ExtType(1, nested))
     cases = [
-        "QC\x01\x00\xc0", None, b"", b"QC", b"QC\x02\x00\xc0", b"QC\x01\x80\xc0",
+        "QC\x01\x00\xc0",
+        None,
+        b"",
+        b"QC",
+        b"QC\x02\x00\xc0",
+        b"QC\x01\x80\xc0",
         b"QC\x01\x00\xc0\xc0",  # trailing data
         b"QC\x01\x00" + nested,
         b"QC\x01\x01" + zlib.compress(b"\xc0")[:-2],  # truncated stream
@@ -489,11 +608,16 @@ def test_no_pickle_in_codec_or_its_tests():
     root = Path(__file__).resolve().parents[1]
     for path in (root / "querycache/tiers/codec.py", Path(__file__)):
         tree = ast.parse(path.read_text())
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                    if isinstance(node, ast.Import | ast.ImportFrom)
-                    for alias in node.names} | {
-            node.module.split(".")[0] for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node.module}
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        } | {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
         assert not imported & {"pickle", "marshal", "shelve", "dill", "cloudpickle", "importlib"}
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         assert not names & {"eval", "exec", "__import__"}, path
@@ -528,18 +652,43 @@ PG_SELECT = "SELECT * FROM every_type ORDER BY id"
 
 def expected_types(json_type: type, zone: type) -> dict[str, type]:
     return {
-        "id": int, "i2": int, "i4": int, "i8": int, "num": Decimal, "num_big": Decimal,
-        "f4": float, "f8": float, "f8_nan": float, "txt": str, "vc": str, "ch": str,
-        "ba": bytes, "b": bool, "d": dt.date, "t": dt.time, "ttz": dt.time, "ts": dt.datetime,
-        "tstz": dt.datetime, "iv": dt.timedelta, "j": json_type, "jb": json_type,
-        "ia": list, "ta": list, "na": list, "nested": list, "m": str,
-        "ip": ipaddress.IPv4Interface, "net": ipaddress.IPv4Network,
-        "ip6": ipaddress.IPv6Address, "tstz.tzinfo": zone,
+        "id": int,
+        "i2": int,
+        "i4": int,
+        "i8": int,
+        "num": Decimal,
+        "num_big": Decimal,
+        "f4": float,
+        "f8": float,
+        "f8_nan": float,
+        "txt": str,
+        "vc": str,
+        "ch": str,
+        "ba": bytes,
+        "b": bool,
+        "d": dt.date,
+        "t": dt.time,
+        "ttz": dt.time,
+        "ts": dt.datetime,
+        "tstz": dt.datetime,
+        "iv": dt.timedelta,
+        "j": json_type,
+        "jb": json_type,
+        "ia": list,
+        "ta": list,
+        "na": list,
+        "nested": list,
+        "m": str,
+        "ip": ipaddress.IPv4Interface,
+        "net": ipaddress.IPv4Network,
+        "ip6": ipaddress.IPv6Address,
+        "tstz.tzinfo": zone,
     }
 
 
-def check_driver_rows(description: Any, rows: list[tuple[Any, ...]], types: dict[str, type]
-                      ) -> None:
+def check_driver_rows(
+    description: Any, rows: list[tuple[Any, ...]], types: dict[str, type]
+) -> None:
     names = [d[0] for d in description]
     first = dict(zip(names, rows[0]))
     for name, expected in types.items():
@@ -610,11 +759,13 @@ def test_pysqlite_rows_roundtrip():
     engine = sa.create_engine("sqlite://")
     with engine.connect() as conn:
         conn.exec_driver_sql(
-            "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n NUMERIC, d DATE, x)")
+            "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n NUMERIC, d DATE, x)"
+        )
         conn.exec_driver_sql(
             "INSERT INTO t VALUES (9223372036854775807, -0.0, 'héllo', x'00ff', 1.5,"
             " '2024-01-02', 1e999), (-9223372036854775808, 2.5, '', x'', 7, NULL, 'x'),"
-            " (NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+            " (NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+        )
         result = conn.exec_driver_sql("SELECT *, 1e999 * -1 FROM t")
         description, rows = result.cursor.description, [tuple(r) for r in result]
     engine.dispose()

@@ -12,7 +12,12 @@ from querycache.analysis.classify import Part, classify_keywords
 from querycache.analysis.fingerprint import fingerprint_id
 from querycache.analysis.footprints import footprint_of
 from querycache.analysis.model import ALL, Analysis, Written
-from querycache.analysis.placeholders import family_of, leading_words, split_statements
+from querycache.analysis.placeholders import (
+    Unterminated,
+    family_of,
+    leading_words,
+    split_statements,
+)
 from querycache.analysis.statement import Settings, analyze_parsed
 
 DIALECTS: Final = MappingProxyType(
@@ -250,7 +255,10 @@ class Analyzer:
         if len(sql) > self.max_sql_length:
             return _failure(fingerprint="statement too long")
         name = DIALECTS.get(dialect.lower()) if isinstance(dialect, str) else None
-        statements = split_statements(sql, family_of(name))
+        try:
+            statements = split_statements(sql, family_of(name))
+        except Unterminated as exc:  # not fully readable: it may write anything
+            return _failure(f"unparseable: {exc}")
         if not statements:
             return Analysis(
                 "other",

@@ -28,7 +28,7 @@ _NAMED = r"(?<![\w:\]\)\"'`$.]):[A-Za-z_][A-Za-z_0-9]*"
 def _pattern(family: str) -> re.Pattern[str]:
     parts = [
         r"(?P<lc>--[^\n]*)",
-        r"(?P<bc>/\*[\s\S]*?(?:\*/|\Z))",
+        r"(?P<bc>/\*[\s\S]*?\*/)",
     ]
     if family == MYSQL:
         parts.append(r"(?P<hc>\#[^\n]*)")
@@ -52,6 +52,13 @@ def _pattern(family: str) -> re.Pattern[str]:
     if family == SQLITE:
         parts.append(r"(?P<sqlitenamed>(?<![\w$])[@$][A-Za-z_][A-Za-z_0-9]*)")
     parts.append(r"(?P<semi>;)")
+    # reached only when the complete forms above failed: an opening with no end
+    opened = [r"/\*", "'", '"']
+    if family != PG:
+        opened.append("`")
+    else:
+        opened.append(r"(?<![\w$])\$(?:[A-Za-z_]\w*)?\$")
+    parts.append("(?P<unterminated>" + "|".join(opened) + ")")
     return re.compile("|".join(parts))
 
 
@@ -62,6 +69,11 @@ def _compiled(family: str) -> re.Pattern[str]:
 
 _EXECUTABLE_COMMENT = re.compile(r"/\*!\d*([\s\S]*?)\*/")
 _PLACEHOLDER_GROUPS = frozenset({"pyformat", "format", "numeric", "qmark", "named", "sqlitenamed"})
+
+
+class Unterminated(ValueError):
+    """A comment, string, quoted identifier or dollar quote that never ends:
+    the statement cannot be fully read (the analysis then assumes the worst)."""
 
 
 def family_of(sqlglot_dialect: str | None) -> str:
@@ -78,6 +90,8 @@ def split_statements(sql: str, family: str) -> list[str]:
     (PostgreSQL) or ``?``; pyformat's ``%%`` becomes ``%``; MySQL executable
     comments (``/*!50001 ... */``) are unwrapped, as MySQL runs them. Empty statements
     (whitespace only) are dropped, so ``""`` and ``"-- hi"`` give ``[]``.
+    Raises :class:`Unterminated` for a comment, string or quoted name that
+    never ends (SQLite would read one to the end of input; others refuse).
     """
     # sqlglot mis-tokenizes "$1,$2" (it looks like a dollar-quote): pad with spaces
     token = " $1 " if family == PG else "?"
@@ -102,12 +116,17 @@ def split_statements(sql: str, family: str) -> list[str]:
             out = []
         elif group == "pct":
             out.append("%")
+        elif group == "unterminated":
+            raise Unterminated(f"unterminated {_OPENED.get(m.group()[0], 'dollar quote')}")
         else:  # comments
             out.append(" ")
     if pos < len(sql):
         out.append(sql[pos:])
     _flush(out, statements)
     return statements
+
+
+_OPENED = {"/": "comment", "'": "string", '"': "quoted identifier", "`": "quoted identifier"}
 
 
 def _flush(out: list[str], statements: list[str]) -> None:

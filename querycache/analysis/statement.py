@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import TokenType
 
 from querycache.analysis.classify import DDL_KEYWORDS, Part
 from querycache.analysis.fingerprint import normalize, render
@@ -41,8 +42,16 @@ def _dialect(name: str | None) -> Dialect:
 
 
 def parse(text: str, dialect: str | None) -> list[exp.Expr | None]:
-    """Parse one statement with sqlglot (call inside :func:`analyze_parsed`)."""
-    return _dialect(dialect).parse(text)
+    """Parse one statement with sqlglot (call inside :func:`analyze_parsed`).
+
+    Raises ``ValueError`` when the tokenizer left a character it does not
+    know (a PostgreSQL backtick...): what it parsed is not what the database reads.
+    """
+    d = _dialect(dialect)
+    tokens = d.tokenize(text)
+    if any(t.token_type is TokenType.UNKNOWN for t in tokens):
+        raise ValueError("unknown token")
+    return d.parser().parse(tokens, text)
 
 
 class Settings:

@@ -132,8 +132,9 @@ class CachingConnection(Connection):
         if trans is not None and not trans.is_active:
             return None  # the normal path raises the right error
         entry = binding.memory.get(key)
-        if entry is None:
-            return None
+        if entry is None or binding.verify_left <= 1:
+            return None  # at 1, verify samples this hit on the context's path
+        binding.verify_left -= 1
         if trans is None:
             self._autobegin()
         cls = binding.context_class

@@ -100,6 +100,7 @@ class CachingContext:
     _qc_key: Any = None
     _qc_reason: str | None = None
     _qc_pre: Any = None
+    _qc_check: Any = None  # a sampled hit verify runs on the database (verify.py)
 
     # -- create_cursor --------------------------------------------------
     def create_cursor(self) -> Any:
@@ -139,6 +140,11 @@ class CachingContext:
                         binding.core.failed("memory lookup", exc)
                     key = entry = None
                 if entry is not None:
+                    n = binding.verify_left - 1  # verify mode's countdown
+                    binding.verify_left = n
+                    if n <= 0 and binding.core.verifier.sample(self, entry, key):
+                        next(entry.stats.memory_hit)
+                        return super().pre_exec()  # type: ignore[misc]
                     self._qc_serve(entry)
                     self._qc_key = key
                     next(entry.stats.memory_hit)
@@ -188,7 +194,7 @@ class CachingContext:
         if self._qc_after is not None:
             try:
                 self._qc.after(self, self._qc_after)
-                if self._qc_after != "write":  # a COMMIT or ROLLBACK sent as text
+                if self._qc_after in ("commit", "rollback"):  # sent as text
                     transaction_ended(self._dbapi_connection.info)  # type: ignore[attr-defined]
             except Exception as exc:
                 self._qc.core.failed("after execute", exc)

@@ -81,6 +81,9 @@ class EngineBinding:
     connection's own (``info[IDENT_KEY]``, see :mod:`.identity`).
     """
 
+    #: hits until verify mode samples one (:mod:`querycache.verify`)
+    verify_left = 1 << 62
+
     def __init__(self, core: QueryCache, engine: Engine) -> None:
         url = engine.url
         self.core = core
@@ -261,9 +264,11 @@ class EngineBinding:
         else:
             entry = None
         if entry is not None:
+            qs.memory_hit_slow()
+            if core.verifier.due(self) and core.verifier.sample(ctx, entry, key):
+                return
             ctx._qc_serve(entry)
             ctx._qc_key = key
-            qs.memory_hit_slow()
             if capture is not None:
                 capture.entry, capture.storable = entry, True
                 capture.snapshot = self.capture(plan, ctx.parameters[0], scope)
@@ -309,6 +314,11 @@ class EngineBinding:
                 # waited long enough, or the result is not for us: run our own
         shared = lookup_shared(self, ctx, miss)
         if shared is not None:
+            if core.verifier.due(self) and core.verifier.sample(ctx, shared, key, "redis"):
+                qs.redis_hits += 1
+                if miss.flight is not None:
+                    core.flights.land(key, miss.flight, None)
+                return
             self._serve_shared(ctx, miss, shared)
             return
         ctx._qc_miss = miss
@@ -443,6 +453,9 @@ class EngineBinding:
     # -- after the driver ran -------------------------------------------------
     def after(self, ctx: Any, what: str) -> None:
         """Follow a text COMMIT/ROLLBACK, or a write the driver auto-committed."""
+        if what == "verify":
+            self.core.verifier.finish(ctx)
+            return
         fairy = ctx._dbapi_connection
         if getattr(ctx, "_qc_pre", None) is not None:
             self._finish_preimage(ctx)

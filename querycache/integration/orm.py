@@ -145,6 +145,9 @@ class OrmFastPath:
         except TypeError:  # Opaque or unhashable: the normal path keys DBAPI values
             return None
         if entry is not None:
+            if binding.verify_left <= 1:
+                return None  # verify samples this hit at the DBAPI level
+            binding.verify_left -= 1
             if not _ready(session, bind):
                 return None  # the normal path raises, or runs hooks on connecting
             plan: OrmPlan = entry.description  # the plan rides in the description slot

@@ -10,6 +10,7 @@ from querycache.invalidation.lease import lease_report
 from querycache.queues.writebehind import write_behind_figures
 from querycache.refresh import refresh_figures
 from querycache.reports.build import build_data, finish
+from querycache.verify import verify_report
 
 if TYPE_CHECKING:
     from querycache.cache import QueryCache
@@ -85,6 +86,7 @@ def build_report(cache: QueryCache) -> Report:
     data.update(refresh_figures(cache))  # "refresh" and "stale"
     data["write_behind"] = write_behind_figures(cache)
     data["lease"] = lease_report(cache)
+    data["verify"] = verify_report(cache)
     return Report(finish(data))
 
 

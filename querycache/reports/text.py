@@ -149,8 +149,13 @@ def render_text(data: dict[str, Any], limit: int = 20, width: int = 100) -> str:
         if data.get(section):
             out += ["", f"  {section}:"]
             out += [f"    {n:>6}  {k}" for k, n in sorted(data[section].items())]
+    from querycache.verify import verify_text
+
+    own = {"verify": verify_text}  # sections that render themselves
     for name, value in data.items():
-        if name not in CORE_SECTIONS:
+        if name in own:
+            out += own[name](value)
+        elif name not in CORE_SECTIONS:
             out += _generic(name, value, width)
     if data.get("recommendations"):
         out += ["", "  recommendations:"]

@@ -183,8 +183,12 @@ def _seed(session: Session) -> None:
     kw = [Keyword(word="red"), Keyword(word="blue")]
     session.add_all(
         [
-            User(name="ann", email="ann@x", addresses=[Address(email="a1"), Address(email="a2")],
-                 keywords=kw),
+            User(
+                name="ann",
+                email="ann@x",
+                addresses=[Address(email="a1"), Address(email="a2")],
+                keywords=kw,
+            ),
             User(name="bob", addresses=[Address(email="b1")], keywords=kw[:1]),
             User(name="cy"),
             Document(data={"a": "x", "n": 1}),
@@ -251,11 +255,16 @@ def _orm_update_delete(s: Session) -> None:
 
 
 def _queries(s: Session) -> None:
-    s.scalars(select(User).where(User.id.in_([1, 2, 3])).order_by(User.id)
-              .limit(10).offset(5)).all()
+    s.scalars(
+        select(User).where(User.id.in_([1, 2, 3])).order_by(User.id).limit(10).offset(5)
+    ).all()
     s.execute(select(func.count()).select_from(User)).scalar()
-    s.execute(select(User.name, func.count(Address.id)).join(User.addresses)
-              .group_by(User.name).having(func.count(Address.id) > 1)).all()
+    s.execute(
+        select(User.name, func.count(Address.id))
+        .join(User.addresses)
+        .group_by(User.name)
+        .having(func.count(Address.id) > 1)
+    ).all()
     s.scalars(select(User).where(User.addresses.any(Address.email.like("%a%")))).all()
     s.execute(select(User.id, func.row_number().over(order_by=User.name))).all()
     s.execute(select(func.lower(User.name), func.coalesce(User.email, "none"))).all()
