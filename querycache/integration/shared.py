@@ -43,15 +43,15 @@ def lookup_shared(binding: EngineBinding, ctx: Any, miss: Miss) -> Entry | None:
         return entry
     if not miss.store:
         return None
-    tokens = tier.fill_tokens(vkeys, tokens, binding.is_async)
-    if tokens is not None and members:  # writers must see them before we query
-        tokens = tier.register(binding.scope, vkeys, tokens, members, binding.is_async)
+    lease = tier.lease_key(rkey)
+    timeout = binding.core.lease_timeout
+    # missing tokens, the members writers must see before we query, the lease
+    tokens, got = tier.prepare(
+        binding.scope, vkeys, tokens, members, lease, max(1, int(timeout * 1000)), binding.is_async
+    )
     if tokens is None:
         return None
     miss.l2 = (rkey, tokens)
-    lease = tier.lease_key(rkey)
-    timeout = binding.core.lease_timeout
-    got = tier.acquire_lease(lease, max(1, int(timeout * 1000)), binding.is_async)
     if got:
         miss.lease = lease
         return None

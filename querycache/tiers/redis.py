@@ -121,43 +121,54 @@ class RedisTier:
         keys, members = redis_cells.reader_keys(base, tables, footprint, params)
         return [*head, *keys], members
 
-    def register(
+    def prepare(
         self,
         scope: str,
         vkeys: list[str],
         tokens: list[Any],
         members: list[tuple[str, str, int]],
+        lease: str,
+        ms: int,
         is_async: bool,
-    ) -> list[Any] | None:
-        """Make sure writers see ``members`` before this execution queries;
-        the tokens to store with (None when Redis failed)."""
+    ) -> tuple[list[Any] | None, bool | None]:
+        """After a miss, in one round trip: give missing token keys a fresh
+        token (``SET NX GET``), register ``members`` so that writers see them
+        before this execution queries (:data:`~querycache.tiers.redis_cells.REGISTER`),
+        and try the fetch lease. Returns the tokens to store with (None: do not
+        store) and whether the lease was taken (None: Redis failed)."""
+        missing = [i for i, t in enumerate(tokens) if t is None]
+        fresh = {i: new_token() for i in missing}
+        cmds: Cmds = [("set", (vkeys[i], fresh[i]), {"nx": True, "get": True}) for i in missing]
         sid = self.scope_id(scope)
         todo: dict[str, list[tuple[str, int]]] = {}
         for table, member, at in members:
-            if self._registered.get((sid, table, member)) != tokens[at]:
+            if tokens[at] is None or self._registered.get((sid, table, member)) != tokens[at]:
                 todo.setdefault(table, []).append((member, at))
-        if not todo:
-            return tokens
-        cmds: Cmds = []
         for some in todo.values():
             tkey = vkeys[some[0][1]]
             args = (tkey + "|k", tkey, new_token(), *[m for m, _ in some])
             cmds.append(("eval", (redis_cells.REGISTER, 2, *args), {}))
+        cmds.append(("set", (lease, self.origin), {"nx": True, "px": ms}))
         try:
             got = self._pipeline(is_async, cmds)
         except Exception as exc:
-            self.failed(exc, "register")
-            return None
+            self.failed(exc, "version init" if len(cmds) > 1 else "lease")
+            return None, None
         out = list(tokens)
+        for i, old in zip(missing, got):
+            out[i] = old if old is not None else fresh[i]
+        held = bool(got[-1])
         if len(self._registered) > 10_000:
             self._registered.clear()
-        for (table, some), token in zip(todo.items(), got):
-            if token is None:
-                return None  # the token was evicted meanwhile: do not store
+        for (table, some), token in zip(todo.items(), got[len(missing) : -1]):
+            if token is None:  # evicted meanwhile: do not store
+                if held:
+                    self.release(lease, is_async)
+                return None, False
             for member, at in some:
                 out[at] = token
                 self._registered[(sid, table, member)] = token
-        return out
+        return out, held
 
     def keyed_columns(self, scope: str, table: str, is_async: bool) -> frozenset[str]:
         """Columns of ``table`` some process's Redis entries are keyed on (read
