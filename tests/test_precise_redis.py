@@ -428,3 +428,67 @@ def test_multiprocess_differential(backend, tmp_path, request, redis_server, nam
     else:
         db_reads = sum(r["db_reads"] for r in readers)
     assert db_reads < 0.8 * reads, (db_reads, reads)
+
+
+@pytest.mark.parametrize("backend", ["aiosqlite", "asyncpg"])
+def test_async_engines_keep_customer_3_across_caches(
+    backend, tmp_path, request, redis_server, namespace
+):
+    """The same through async engines: the writer's bump and the reader's
+    registration run on redis.asyncio inside SQLAlchemy's greenlet."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if backend == "aiosqlite":
+        sync_url = db_for("sqlite", tmp_path, request)
+        url = sync_url.replace("sqlite:", "sqlite+aiosqlite:", 1)
+    else:
+        sync_url = request.getfixturevalue("pg_url")
+        url = sa.make_url(sync_url).set(drivername="postgresql+asyncpg").render_as_string(False)
+    create(sync_url)
+    plain = sa.create_engine(sync_url)
+    pg = PgStatements(sync_url) if backend == "asyncpg" else None
+
+    async def body() -> None:
+        caches, engines = [], []
+
+        def new() -> tuple[Any, Any]:
+            cache = connected_cache(
+                redis_url=redis_server.url, namespace=namespace, redis_timeout=0.5
+            )
+            engine = create_async_engine(url)
+            trace = SqliteTrace(engine) if pg is None else pg
+            cache.wrap(engine)
+            caches.append(cache)
+            engines.append(engine)
+            return engine, trace
+
+        async def read(engine: Any, trace: Any, c: int) -> tuple[list[list[Any]], int]:
+            before = trace.count("AS q_eq")
+            async with engine.connect() as conn:
+                rows = [list(r) for r in (await conn.execute(sa.text(EQ), {"c": c})).all()]
+            for cache in caches:  # the background store tasks (async engines)
+                await asyncio.gather(*list(cache.redis._tasks))
+            return rows, trace.count("AS q_eq") - before
+
+        try:
+            ea, ta = new()
+            for c in (3, 4):
+                assert await read(ea, ta, c) == (truth(plain, c), 1)
+            ew, _ = new()
+            async with ew.begin() as conn:
+                await conn.execute(sa.text(WRITES["update_by_customer"][0][0]), {"t": 55})
+            eb, tb = new()
+            assert await read(eb, tb, 3) == (truth(plain, 3), 0)
+            assert await read(eb, tb, 4) == (truth(plain, 4), 1)
+        finally:
+            for e in engines:
+                await e.dispose()
+            for cache in caches:
+                cache.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        plain.dispose()
