@@ -190,7 +190,10 @@ class InvalidationBus:
                 return  # applied here before it was sent
             self.messages += 1
             if payload is not None and tables is not None and sid != "*":
-                self.on_message(sid, tables, decode_images(self.tier.codec, payload, tables))
+                images = decode_images(self.tier.codec, payload, tables)
+                if all(image is None for image in images.values()):
+                    self.tier.stats.count("bus images that failed to decode")
+                self.on_message(sid, tables, images)
             else:
                 self.on_message(sid, tables)
         except Exception as exc:  # never let one message kill the thread
