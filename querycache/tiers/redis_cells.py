@@ -131,9 +131,27 @@ def _digest(text: str, size: int = 8) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
 
 
+_digests: dict[Any, str | None] = {}
+
+
 def value_digest(key: Any) -> str | None:
     """The digest of a :func:`~querycache.invalidation.images.loose` key: equal
     for equal keys (``3``, ``Decimal("3.0")``); ``None`` if it cannot be keyed."""
+    try:
+        return _digests[key]
+    except (KeyError, TypeError):
+        pass
+    got = _value_digest(key)
+    if len(_digests) > 100_000:
+        _digests.clear()
+    try:
+        _digests[key] = got  # keys equal as dict keys are equal loose keys
+    except TypeError:
+        pass
+    return got
+
+
+def _value_digest(key: Any) -> str | None:
     t = type(key)
     if t is int or t is Decimal:
         d = Decimal(key)
