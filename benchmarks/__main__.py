@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "stats": ([], ["--quick"]),
     "write_behind": ([], ["--quick"]),
     "lease": ([], ["--quick"]),
+    "precise_redis": ([], ["--quick"]),
 }
 
 

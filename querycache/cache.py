@@ -397,7 +397,7 @@ class QueryCache:
         shares = {t: min(1.0, n / max(1, entries(scope, t))) for t, n in dropped.items()}
         self.stats.invalidated(scope, tables, dropped, shares)
         if self.redis is not None:
-            self.redis.bump(scope, tables, is_async)
+            self.redis.bump(scope, tables, is_async, writes if self.cells.precise else None)
         # after Redis too: a refresh must not read Redis's old entry back
         return self.refresher.invalidated(tables, refreshable) if refreshable else None
 
@@ -410,13 +410,22 @@ class QueryCache:
         self.memory.resume()
         self.stats.degraded_end("invalidation channel lost")
 
-    def _remote_invalidation(self, scope_id: str, tables: frozenset[str] | None) -> None:
+    def _remote_invalidation(
+        self, scope_id: str, tables: frozenset[str] | None, images: Any = None
+    ) -> None:
+        """Another process's commit (``images``: per table, what its rows were)."""
         if scope_id == "*":
             self.memory.clear()
             return
         scope = self._scope_ids.get(scope_id)
-        if scope is not None:
-            self.memory.invalidate(scope, tables)
+        if scope is None:
+            return
+        writes: Any = tables
+        if images is not None and tables is not None:
+            catalog = self.catalogs.get(scope)
+            hidden = catalog.triggered if catalog is not None else ()
+            writes = {t: None if t in hidden else images.get(t) for t in tables}
+        self.memory.invalidate(scope, writes)
 
     def count_writes(self, tables: Any) -> None:
         if isinstance(tables, frozenset):

@@ -169,7 +169,9 @@ class Verifier:
                 check.rkey = tier_.entry_key(
                     binding.redis_identity(key), check.statement, check.params, plan
                 )
-                check.vkeys = tier_.version_keys(binding.scope, plan.tables)
+                check.vkeys, _ = tier_.reader_keys(
+                    binding.scope, plan.tables, plan.footprint, check.params
+                )
             if self.rate >= 1.0 or binding.is_async or binding.private:
                 ctx.cursor = ctx._qc_real_cursor()
                 ctx._dbapi_connection.info[BEGAN_KEY] = True

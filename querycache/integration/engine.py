@@ -412,6 +412,10 @@ class EngineBinding:
         """Read the rows an UPDATE/DELETE will touch (:mod:`.preimage`)."""
         scope = self.scope_for(ctx._dbapi_connection.info)
         columns = self.memory.cells.keyed_columns(scope, spec.table)
+        if self.core.redis is not None and not self.private:  # other processes' keys too
+            shared = self.core.redis.keyed_columns(scope, spec.table, self.is_async)
+            if not shared.issubset(columns):
+                columns = sorted(shared.union(columns))
         postgres = self.dialect_name == "postgresql"
         if not columns or not (postgres or self.dialect_name == "sqlite"):
             return

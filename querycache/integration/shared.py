@@ -33,7 +33,8 @@ def lookup_shared(binding: EngineBinding, ctx: Any, miss: Miss) -> Entry | None:
     if tier.distrusts(binding.scope, plan.tables):
         return None  # another process could not invalidate these tables yet
     rkey = tier.entry_key(binding.redis_identity(miss.key), ctx.statement, ctx.parameters[0], plan)
-    vkeys = tier.version_keys(binding.scope, plan.tables)
+    params = ctx.parameters[0]
+    vkeys, members = tier.reader_keys(binding.scope, plan.tables, plan.footprint, params)
     found = tier.lookup(rkey, vkeys, binding.is_async)
     if found is None:
         return None
@@ -42,13 +43,15 @@ def lookup_shared(binding: EngineBinding, ctx: Any, miss: Miss) -> Entry | None:
         return entry
     if not miss.store:
         return None
-    tokens = tier.fill_tokens(vkeys, tokens, binding.is_async)
+    lease = tier.lease_key(rkey)
+    timeout = binding.core.lease_timeout
+    # missing tokens, the members writers must see before we query, the lease
+    tokens, got = tier.prepare(
+        binding.scope, vkeys, tokens, members, lease, max(1, int(timeout * 1000)), binding.is_async
+    )
     if tokens is None:
         return None
     miss.l2 = (rkey, tokens)
-    lease = tier.lease_key(rkey)
-    timeout = binding.core.lease_timeout
-    got = tier.acquire_lease(lease, max(1, int(timeout * 1000)), binding.is_async)
     if got:
         miss.lease = lease
         return None

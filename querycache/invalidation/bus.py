@@ -1,8 +1,10 @@
 """The invalidation bus: how other processes' commits reach this process.
 
 A daemon thread subscribes to the namespace's channel. Each message names a
-scope (by digest) and the tables a commit wrote; the thread drops the
-matching memory-tier entries and bumps their local versions. Messages from
+scope (by digest) and the tables a commit wrote, and, for a precise commit,
+the rows' images (:mod:`querycache.invalidation.wire`); the thread kills the
+matching memory-tier cells exactly as the writer's own process did
+(``on_message(scope digest, tables[, images])``). Messages from
 this process are skipped: its own commits were applied before they were
 published.
 
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from querycache.invalidation.lease import ChannelLease
+from querycache.invalidation.wire import decode_images
 
 __all__ = ["InvalidationBus"]
 
@@ -43,7 +46,7 @@ class InvalidationBus:
     def __init__(
         self,
         tier: Any,
-        on_message: Callable[[str, frozenset[str] | None], None],
+        on_message: Callable[..., None],
         on_down: Callable[[], None],
         on_up: Callable[[], None],
         lease: ChannelLease,
@@ -164,7 +167,15 @@ class InvalidationBus:
             pass
 
     def _handle(self, data: Any) -> None:
-        """``inv|hold <origin> <scope digest or *> <tables or *>``."""
+        """``inv|hold <origin> <scope digest or *> <tables or *>``, or
+        ``img <origin> <scope digest> <tables> <images>`` (:mod:`.wire`)."""
+        payload = None
+        if isinstance(data, bytes) and data.startswith(b"img "):
+            head = data.split(b" ", 4)
+            if len(head) != 5:
+                return
+            payload = head[4]
+            data = b"inv " + b" ".join(head[1:4])
         if isinstance(data, bytes):
             data = data.decode("utf-8", "replace")
         parts = str(data).split(" ", 3)
@@ -178,7 +189,13 @@ class InvalidationBus:
             if origin == self.tier.origin:
                 return  # applied here before it was sent
             self.messages += 1
-            self.on_message(sid, tables)
+            if payload is not None and tables is not None and sid != "*":
+                images = decode_images(self.tier.codec, payload, tables)
+                if all(image is None for image in images.values()):
+                    self.tier.stats.count("bus images that failed to decode")
+                self.on_message(sid, tables, images)
+            else:
+                self.on_message(sid, tables)
         except Exception as exc:  # never let one message kill the thread
             self.tier.stats.count("bus message", errors=True)
             log.warning("querycache: bus message failed: %r", exc)

@@ -6,6 +6,8 @@ command stays in one slot)::
     qc:{ns}:r:<digest>          an entry: codec(key digest, tokens, description, rows, rowcount)
     qc:{ns}:v:<scope>:<table>   a table's version token (random, never reused)
     qc:{ns}:v:<scope>:*         the scope's epoch token (writes to unknown tables)
+    qc:{ns}:v:<scope>:<table>|… per-cell tokens and the member set of a table
+                                (:mod:`querycache.tiers.redis_cells`)
     qc:{ns}:g                   the namespace generation (``clear()``)
     qc:{ns}:l:<digest>          a short lease: who fetches a missing entry
     qc:{ns}:inv                 the pub/sub channel of invalidations
@@ -36,7 +38,9 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from querycache.integration import io
+from querycache.invalidation.wire import encode_images
 from querycache.keys import redis_key, stable_repr
+from querycache.tiers import redis_cells
 from querycache.tiers.base import Entry
 from querycache.tiers.codec import Codec, CodecError, UnsupportedType
 from querycache.tiers.sizing import measure
@@ -78,6 +82,10 @@ class RedisTier:
         self.pending: dict[str, set[str] | None] = {}  # scope digest -> tables (None: all)
         self.distrusted: dict[str, set[str] | None] = {}  # held by other processes
         self._vkeys: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        #: (scope digest, table, member) -> the table token it was registered under
+        self._registered: dict[tuple[str, str, str], bytes] = {}
+        self._scripts: dict[str, str] = {}  # source -> sha1 once loaded
+        self._keyed: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
         self._down_since: float | None = None
         self._down_reason = ""
         self.round_trips = 0
@@ -99,6 +107,90 @@ class RedisTier:
                 self._vkeys.clear()
             self._vkeys[(scope, tables)] = cached
         return cached
+
+    def reader_keys(
+        self, scope: str, tables: tuple[str, ...], footprint: Any, params: Any
+    ) -> tuple[list[str], list[tuple[str, str, int]]]:
+        """``[generation, epoch, per table: its token and cell tokens...]`` of one
+        execution, and the members it must have registered before it stores
+        (:func:`querycache.tiers.redis_cells.reader_keys`)."""
+        head = self.version_keys(scope, ())
+        if self.clients.cluster:
+            return self.version_keys(scope, tables), []  # table tokens only
+        base = head[1][:-1]
+        keys, members = redis_cells.reader_keys(base, tables, footprint, params)
+        return [*head, *keys], members
+
+    def prepare(
+        self,
+        scope: str,
+        vkeys: list[str],
+        tokens: list[Any],
+        members: list[tuple[str, str, int]],
+        lease: str,
+        ms: int,
+        is_async: bool,
+    ) -> tuple[list[Any] | None, bool | None]:
+        """After a miss, in one round trip: give missing token keys a fresh
+        token (``SET NX GET``), register ``members`` so that writers see them
+        before this execution queries (:data:`~querycache.tiers.redis_cells.REGISTER`),
+        and try the fetch lease. Returns the tokens to store with (None: do not
+        store) and whether the lease was taken (None: Redis failed)."""
+        missing = [i for i, t in enumerate(tokens) if t is None]
+        fresh = {i: new_token() for i in missing}
+        cmds: Cmds = [("set", (vkeys[i], fresh[i]), {"nx": True, "get": True}) for i in missing]
+        sid = self.scope_id(scope)
+        todo: dict[str, list[tuple[str, int]]] = {}
+        for table, member, at in members:
+            if tokens[at] is None or self._registered.get((sid, table, member)) != tokens[at]:
+                todo.setdefault(table, []).append((member, at))
+        for some in todo.values():
+            tkey = vkeys[some[0][1]]
+            args = (tkey + "|k", tkey, new_token(), *[m for m, _ in some])
+            cmds.append(("eval", (redis_cells.REGISTER, 2, *args), {}))
+        cmds.append(("set", (lease, self.origin), {"nx": True, "px": ms}))
+        try:
+            got = self._pipeline(is_async, cmds)
+        except Exception as exc:
+            self.failed(exc, "version init" if len(cmds) > 1 else "lease")
+            return None, None
+        out = list(tokens)
+        for i, old in zip(missing, got):
+            out[i] = old if old is not None else fresh[i]
+        held = bool(got[-1])
+        if len(self._registered) > 10_000:
+            self._registered.clear()
+        for (table, some), token in zip(todo.items(), got[len(missing) : -1]):
+            if token is None:  # evicted meanwhile: do not store
+                if held:
+                    self.release(lease, is_async)
+                return None, False
+            for member, at in some:
+                out[at] = token
+                self._registered[(sid, table, member)] = token
+        return out, held
+
+    def keyed_columns(self, scope: str, table: str, is_async: bool) -> frozenset[str]:
+        """Columns of ``table`` some process's Redis entries are keyed on (read
+        at most once a second per table; empty when unknown): a writer reads
+        them in its pre-image so that its image names their values."""
+        if self.clients.cluster or not self.healthy or not redis_cells.safe(table):
+            return frozenset()
+        now = time.monotonic()
+        got = self._keyed.get((scope, table))
+        if got is not None and now - got[1] < 1.0:
+            return got[0]
+        key = self.version_keys(scope, ())[1][:-1] + table + "|k"
+        try:
+            members = self._call(is_async, "smembers", key)
+        except Exception as exc:
+            self.failed(exc, "keyed columns")
+            return frozenset()
+        columns = redis_cells.keyed_of(members)
+        if len(self._keyed) > 10_000:
+            self._keyed.clear()
+        self._keyed[(scope, table)] = (columns, now)
+        return columns
 
     def entry_key(self, identity: str, statement: str, params: Any, plan: Any) -> str:
         """The key of one execution's entry (see :func:`querycache.keys.redis_key`)."""
@@ -301,8 +393,18 @@ class RedisTier:
             self.failed(exc, "lease")
             return None
 
-    def bump(self, scope: str, tables: frozenset[str] | None, is_async: bool | None) -> bool:
+    def bump(
+        self,
+        scope: str,
+        tables: frozenset[str] | None,
+        is_async: bool | None,
+        writes: dict[str, Any] | None = None,
+    ) -> bool:
         """Replace the tokens of ``tables`` (None: the scope epoch) and publish.
+
+        ``writes``: per table its image (``None``: unknown rows). With an
+        image, only the cells it may touch get new tokens (one Lua script that
+        also publishes the images, :mod:`querycache.tiers.redis_cells`).
 
         The token writes and the message go in one ``MULTI``: a server that
         refuses the writes (out of memory, read-only) sends no "invalidated"
@@ -314,7 +416,12 @@ class RedisTier:
         sid = self.scope_id(scope)
         names = ["*"] if tables is None else sorted(tables)
         try:
-            self._replace_tokens(sid, names, bool(is_async))
+            if (
+                tables is None
+                or not writes
+                or not self._replace_cells(sid, names, writes, bool(is_async))
+            ):
+                self._replace_tokens(sid, names, bool(is_async))
         except Exception as exc:
             with self._lock:
                 if tables is None or self.pending.get(sid, set()) is None:
@@ -326,10 +433,13 @@ class RedisTier:
             return False
         return True
 
-    def _replace_tokens(self, sid: str, names: list[str], is_async: bool) -> None:
+    def _replace_tokens(
+        self, sid: str, names: list[str], is_async: bool, text: bytes | str | None = None
+    ) -> None:
         base = f"{self.prefix}v:{sid}:"
         cmds: Cmds = [("set", (base + t, new_token()), {}) for t in names]
-        message = ("inv", (self.channel, self._message("inv", sid, names)), {})
+        text = self._message("inv", sid, names) if text is None else text
+        message = ("inv", (self.channel, text), {})
         if self.clients.cluster:
             # a cluster pipeline takes no PUBLISH: tokens first, then the news
             for result in self._pipeline(is_async, cmds, raise_on_error=False):
@@ -338,6 +448,36 @@ class RedisTier:
             self._call(is_async, "publish", *message[1])
         else:
             self._pipeline(is_async, [*cmds, ("publish", message[1], {})], transaction=True)
+
+    def _replace_cells(
+        self, sid: str, names: list[str], writes: dict[str, Any], is_async: bool
+    ) -> bool:
+        """The precise bump; False when no image is usable (then: table tokens)."""
+        images = {t: writes.get(t) for t in names}
+        payload = encode_images(self.codec, images)
+        if payload is None:
+            return False
+        message = self._message("img", sid, names).encode() + b" " + payload
+        per_table = None if self.clients.cluster else redis_cells.bump_args(images)
+        if per_table is None:  # tokens by table; the images still reach memory tiers
+            self._replace_tokens(sid, names, is_async, message)
+            return True
+        base = f"{self.prefix}v:{sid}:"
+        argv = (new_token(), self.channel, message, base, *per_table)
+        self._script(is_async, redis_cells.BUMP, *argv)
+        return True
+
+    def _script(self, is_async: bool, source: str, *argv: Any) -> Any:
+        """``EVALSHA`` of ``source`` without keys (``EVAL`` the first time)."""
+        sha = self._scripts.get(source)
+        if sha is not None:
+            try:
+                return self._call(is_async, "evalsha", sha, 0, *argv)
+            except redis_errors.NoScriptError:
+                pass
+        result = self._call(is_async, "eval", source, 0, *argv)
+        self._scripts[source] = hashlib.sha1(source.encode()).hexdigest()
+        return result
 
     def _message(self, kind: str, sid: str, names: list[str]) -> str:
         return f"{kind} {self.origin} {sid} {','.join(names)}"
