@@ -16,7 +16,7 @@ from logging.config import fileConfig
 from pathlib import Path
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import MetaData, create_engine, pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,9 +30,12 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
-# querycache's own table (revision 0002), so `alembic check` compares it too
-applied_table(target_metadata)
+# querycache's own table (revision 0002), so `alembic check` compares it too; in a
+# MetaData of its own: env.py runs once per migration command, and the models'
+# metadata is the sample's schema (the loader walks it)
+_querycache = MetaData()
+applied_table(_querycache)
+target_metadata = [Base.metadata, _querycache]
 
 
 def database_url() -> str:

@@ -38,6 +38,8 @@ from querycache.invalidation.images import Image, in_range, loose, missing, valu
 __all__ = ["Cell", "CellRegistry"]
 
 _RANGED = frozenset({int, float, Decimal, str, dt.date, dt.datetime})
+#: column groups per table beyond which a new guard binding shares the unguarded group
+_MAX_GROUPS = 64
 
 
 class Cell:
@@ -124,10 +126,14 @@ class CellRegistry:
                 groups = s.tables.get(table)
                 if groups is None:
                     groups = s.tables[table] = {}
-                columns = fp.columns if fp is not None else None
-                group = groups.get(columns)
+                key: Any = fp.columns if fp is not None else None
+                if fp is not None and fp.filters:
+                    guards = _guards(fp, params)
+                    if guards and ((key, guards) in groups or len(groups) < _MAX_GROUPS):
+                        key = (key, guards)
+                group = groups.get(key)
                 if group is None:
-                    group = groups[columns] = _Group()
+                    group = groups[key] = _Group()
                 if fp is None:
                     got = [group.every]
                 elif fp.conds:
@@ -191,7 +197,11 @@ class CellRegistry:
         if not groups:
             return []
         with self.lock:
-            return sorted({c for g in groups.values() for c in g.columns})
+            keyed = {c for g in groups.values() for c in g.columns}
+            for key in groups:
+                if type(key) is tuple:
+                    keyed.update(c for c, _ in key[1])
+            return sorted(keyed)
 
     def bury(self, budget: int) -> None:
         """Free up to ``budget`` cells of dropped columns."""
@@ -235,11 +245,14 @@ class CellRegistry:
     ) -> int:
         changed = image.changed if image is not None else None
         dropped = 0
-        for columns, group in groups.items():
-            if changed is not None and columns is not None and columns.isdisjoint(changed):
-                for owner in group.owners:  # the write changed no column they use
-                    owner.writes_skipped += 1
-                continue
+        for key, group in groups.items():
+            columns, guards = key if type(key) is tuple else (key, ())
+            if changed is not None and columns is not None:
+                touched = changed & columns
+                if not touched or (guards and _same_truth(touched, guards, image, sqlite)):
+                    for owner in group.owners:  # the write changed no column they use
+                        owner.writes_skipped += 1  # (but filters the rows kept failing/passing)
+                    continue
             wide = bool(group.every.keys)
             self._die(group.every)
             group.every = Cell()
@@ -298,6 +311,77 @@ def _may_meet(values: list[Any], how: str, arg: Any, sqlite: bool) -> bool:
     return any(in_range(v, arg, sqlite) for v in values)
 
 
+def _guards(fp: Any, params: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """Per filter-only column, its conditions bound to ``params`` (see
+    :func:`_same_truth`); a column whose conditions cannot all be bound is left out."""
+    tests: dict[str, list[Any]] = {}
+    bad: set[str] = set()
+    for cond in fp.conds:
+        if cond.column not in fp.filters:
+            continue
+        vals = [value_of(v, params) for v in cond.values]
+        if any(missing(v) for v in vals):
+            bad.add(cond.column)
+            continue
+        if cond.op == "=" or cond.op == "!=":
+            keys = [loose(v) for v in vals]
+            if any(k is None for k in keys):
+                bad.add(cond.column)
+                continue
+            test: Any = (cond.op, frozenset(keys))
+        elif type(vals[0]) in _RANGED:
+            test = (cond.op, vals[0])
+        else:
+            bad.add(cond.column)
+            continue
+        tests.setdefault(cond.column, []).append(test)
+    return tuple(
+        (c, tuple(sorted(set(t), key=repr))) for c, t in sorted(tests.items()) if c not in bad
+    )
+
+
+def _truth(v: Any, tests: tuple[Any, ...], sqlite: bool) -> bool | None:
+    """Whether a row with ``v`` in the column passes all ``tests``: ``None``
+    when unsure. Loosely different values are different for the database
+    (never the reverse), so only "loosely different" decides ``=`` and ``!=``;
+    a range decides only when ``v`` certainly falls outside it."""
+    if v is None:
+        return False  # NULL passes no comparison (IS NULL is "=" NULL below)
+    k = loose(v)
+    passes = True
+    for op, arg in tests:
+        if op == "=":
+            if k is None or k in arg:
+                return None
+            return False
+        if op == "!=":
+            if k is None or k in arg:
+                return None
+        elif in_range(v, ((op, arg),), sqlite):
+            passes = False  # may pass, may not: unsure unless another test fails
+        else:
+            return False
+    return True if passes else None
+
+
+def _same_truth(touched: Any, guards: Any, image: Any, sqlite: bool) -> bool:
+    """Whether every column ``touched`` is a guarded filter that each value of
+    the image (old and new, every row) passes, or that each fails: then no
+    row entered or left the result, and nothing else of it changed."""
+    by_column = dict(guards)
+    for c in touched:
+        tests = by_column.get(c)
+        values = image.values.get(c) if tests is not None else None
+        if not values:
+            return False
+        if None in values and any(op == "=" for op, _ in tests):
+            return False  # IS NULL: "=" with the NULL key, decided above as unsure
+        truths = {_truth(v, tests, sqlite) for v in values}
+        if len(truths) != 1 or None in truths:
+            return False
+    return True
+
+
 def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
     """The first usable condition of ``conds`` bound to ``params``:
     ``(column, "=", frozenset of loose keys)`` or ``(column, "range", bounds)``."""
@@ -314,7 +398,7 @@ def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
                 return cond.column, "=", frozenset(keys)
     by_column: dict[str, list[tuple[str, Any]]] = {}
     for cond in conds:
-        if cond.op == "=":
+        if cond.op == "=" or cond.op == "!=":
             continue
         v = value_of(cond.values[0], params)
         if missing(v) or type(v) not in _RANGED:
