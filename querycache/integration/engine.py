@@ -44,6 +44,7 @@ from querycache.integration.drivers import (
     transaction_ended,
 )
 from querycache.integration.identity import IDENT_KEY, SCOPE_KEY, ConnectionIdentities
+from querycache.integration.lookups import Lookups, join_lookups
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
@@ -110,6 +111,7 @@ class EngineBinding:
         self.aliases: dict[Any, Any] = {}
         self.context_class: Any = None
         self.connections = ConnectionIdentities(self, engine, self.private)
+        self.lookups = Lookups()  # join lookups' per-catalog knowledge
 
     @staticmethod
     def identity_of(engine: Engine) -> str:
@@ -446,6 +448,8 @@ class EngineBinding:
         fairy = ctx._dbapi_connection
         if getattr(ctx, "_qc_pre", None) is not None:
             self._finish_preimage(ctx)
+        if what == "write" and self.memory.cells.joins_seen:
+            join_lookups(self, ctx)
         if what == "commit":
             self.apply_pending(fairy)
         elif what == "rollback":

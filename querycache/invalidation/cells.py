@@ -104,6 +104,8 @@ class CellRegistry:
         self._killed: list[Cell] = []  # during one table's kill, for the report
         self._collect: list[tuple[Any, ...]] | None = None  # keys of killed cells, if asked
         self._table = ""
+        #: some join cell was ever made (writes then look for join lookups to do)
+        self.joins_seen = False
 
     # -- readers ---------------------------------------------------------------
     def capture(
@@ -140,6 +142,7 @@ class CellRegistry:
                     got = _keyed(group, fp.conds, params)
                 else:
                     got = _joined(group, fp, fps, params)  # type: ignore[arg-type]
+                    self.joins_seen = self.joins_seen or len(got) > 1
                 cells.extend(got)
                 if owner is not None:
                     group.owners.add(owner)
@@ -202,6 +205,23 @@ class CellRegistry:
                 if type(key) is tuple:
                     keyed.update(c for c, _ in key[1])
             return sorted(keyed)
+
+    def join_specs(self, scope: str, table: str) -> list[tuple[str, str, str, str]]:
+        """``(own column, other table, its column, its condition column)`` of
+        every live join cell of ``table`` (what a join lookup could save)."""
+        s = self._scopes.get(scope)
+        groups = s.tables.get(table) if s is not None else None
+        if not groups:
+            return []
+        with self.lock:
+            return sorted(
+                {
+                    (name, other, other_column, cond[0])
+                    for g in groups.values()
+                    for name, c in g.columns.items()
+                    for other, other_column, cond in c.joins
+                }
+            )
 
     def bury(self, budget: int) -> None:
         """Free up to ``budget`` cells of dropped columns."""
@@ -266,24 +286,39 @@ class CellRegistry:
                     if len(column.eq) > 64:
                         self.graveyard.append(column.eq)
                 elif column.joins:
-                    self._kill_joins(column, values, sqlite, writes)
+                    self._kill_joins(column, values, sqlite, writes, image)
             dropped += self._account(group, wide)
         return dropped
 
     def _kill_joins(
-        self, column: _Column, values: list[Any], sqlite: bool, writes: dict[str, Image | None]
+        self,
+        column: _Column,
+        values: list[Any],
+        sqlite: bool,
+        writes: dict[str, Image | None],
+        image: Image | None,
     ) -> None:
         """Rows written with ``values`` in the join column meet the other
-        table's condition only through rows of it this same commit wrote, with
-        values known: otherwise they may."""
+        table's condition only through rows of it this same commit wrote, or
+        that a join lookup read (``image.facts``), with values known:
+        otherwise they may."""
         keys = {loose(v) for v in values}
+        facts = image.facts if image is not None else None
         for spec in list(column.joins):
             other, other_column, (cond_column, how, arg) = spec
-            target = writes.get(other)
-            known = target.values.get(other_column) if target is not None else None
-            if known is not None and None not in keys and keys <= {loose(v) for v in known}:
-                candidates = target.values.get(cond_column)  # type: ignore[union-attr]
-                if candidates is not None and not _may_meet(candidates, how, arg, sqlite):
+            if None not in keys:
+                target = writes.get(other)
+                known = target.values.get(other_column) if target is not None else None
+                if known is not None and keys <= {loose(v) for v in known}:
+                    candidates = target.values.get(cond_column)  # type: ignore[union-attr]
+                    if candidates is not None and not _may_meet(candidates, how, arg, sqlite):
+                        continue
+                fact = facts.get((other, other_column, cond_column)) if facts else None
+                if (
+                    fact is not None
+                    and keys <= fact[0]
+                    and not _may_meet(fact[1], how, arg, sqlite)
+                ):
                     continue
             self._die(column.joins.pop(spec))
 
