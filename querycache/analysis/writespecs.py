@@ -45,6 +45,9 @@ class WriteSpec:
     fetch: str | None = None
     #: the DBAPI accessor of each ``qcp<i>``
     accessors: tuple[Any, ...] = ()
+    #: ``UPDATE`` ``SET c = c + v`` / ``c - v``: ``c -> (op, source of v)``
+    #: (the new value follows from a pre-image's old one)
+    deltas: dict[str, tuple[str, Source]] | None = None
 
 
 def write_spec(tree: Any, ctx: Ctx) -> WriteSpec | None:
@@ -150,10 +153,15 @@ def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:
     if isinstance(tree, exp.Delete):
         return WriteSpec(table, "delete", pins=tuple(pins), fetch=fetch, accessors=accessors)
     sets: dict[str, Source | None] = {}
+    deltas: dict[str, tuple[str, Source]] = {}
     for assignment in tree.expressions:
         if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
             return None
-        sets[ctx.column(assignment.this)] = ctx.value(assignment.expression)
+        column = ctx.column(assignment.this)
+        sets[column] = ctx.value(assignment.expression)
+        delta = _delta(column, assignment.expression, resolve, ctx)
+        if delta is not None:
+            deltas[column] = delta
     return WriteSpec(
         table,
         "update",
@@ -162,7 +170,25 @@ def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:
         changed=frozenset(sets),
         fetch=fetch,
         accessors=accessors,
+        deltas=deltas or None,
     )
+
+
+def _delta(column: str, node: Any, resolve: Any, ctx: Ctx) -> tuple[str, Source] | None:
+    """``(op, source)`` when ``node`` is ``column + v``, ``v + column`` or ``column - v``."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if not isinstance(node, exp.Add | exp.Sub):
+        return None
+    left, right = node.this, node.expression
+    if isinstance(node, exp.Add) and not isinstance(left, exp.Column):
+        left, right = right, left
+    if not isinstance(left, exp.Column) or ctx.column(left) != column or resolve(left) is None:
+        return None
+    source = ctx.value(right)
+    if source is None:
+        return None
+    return ("+" if isinstance(node, exp.Add) else "-", source)
 
 
 def _fetch(tree: exp.Update | exp.Delete, ctx: Ctx) -> str | None:
