@@ -41,6 +41,7 @@ from querycache.analysis.conditions import (
     split_between,
     table_name,
 )
+from querycache.analysis.pages import Page, page_of
 from querycache.analysis.placeholders import family_of
 from querycache.analysis.statement import _quiet
 from querycache.analysis.writespecs import WriteSpec, write_spec
@@ -67,6 +68,8 @@ class ReadFootprint:
     listed depends on every row and every column."""
 
     tables: dict[str, TableFootprint]
+    #: ``ORDER BY k LIMIT n`` of one table (:mod:`querycache.analysis.pages`)
+    page: Page | None = None
 
 
 def footprint_of(sql: str, dialect: str) -> ReadFootprint | WriteSpec | None:
@@ -130,7 +133,7 @@ def _read(tree: exp.Select, ctx: Ctx) -> ReadFootprint | None:
         if found is None:
             return None  # a RIGHT/FULL join: its tables' rows may all matter
         tables.update(found)
-    return ReadFootprint(tables) if tables else None
+    return ReadFootprint(tables, page_of(tree, ctx)) if tables else None
 
 
 def _level(

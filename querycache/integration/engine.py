@@ -482,14 +482,12 @@ class EngineBinding:
         elif entry.size > self.memory.max_entry_bytes:
             qs.unstored("larger than max_entry_bytes")
         else:
-            stored = self.memory.put(
-                miss.key,
-                entry,
-                self.scope_for(ctx._dbapi_connection.info),
-                miss.plan.tables,
-                miss.snapshot,
-                miss.ttl,
-            )
+            scope, snapshot = self.scope_for(ctx._dbapi_connection.info), miss.snapshot
+            footprint = miss.plan.footprint
+            if getattr(footprint, "page", None) is not None:  # a LIMIT page: its bound
+                cells = self.memory.cells
+                snapshot = cells.refine_page(scope, snapshot, footprint, ctx.parameters[0], rows)
+            stored = self.memory.put(miss.key, entry, scope, miss.plan.tables, snapshot, miss.ttl)
             if stored:
                 qs.stored()
                 ctx._qc_key = miss.key

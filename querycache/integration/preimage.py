@@ -103,7 +103,6 @@ def _shifted(olds: list[Any], op: str, source: Any, params: Any) -> list[Any] | 
     return out
 
 
-
 def fetch_preimage(
     ctx: Any, spec: Any, columns: list[str], postgres: bool, paramstyle: str
 ) -> PreImage | None:

@@ -33,7 +33,9 @@ from itertools import islice
 from typing import Any
 
 from querycache.analysis.footprints import ReadFootprint
+from querycache.invalidation.guards import guards_of, same_truth
 from querycache.invalidation.images import Image, in_range, loose, missing, value_of
+from querycache.invalidation.pages import kill_pages, page_spec
 
 __all__ = ["Cell", "CellRegistry"]
 
@@ -58,7 +60,7 @@ class Cell:
 
 
 class _Column:
-    __slots__ = ("eq", "joins", "ranges", "wild")
+    __slots__ = ("eq", "joins", "pages", "ranges", "wild")
 
     def __init__(self) -> None:
         self.wild = Cell()
@@ -67,6 +69,9 @@ class _Column:
         #: (other table, its column, its condition) -> results of rows that
         #: join, through this column, rows of the other table meeting it
         self.joins: dict[tuple[str, str, Any], Cell] = {}
+        #: (loose values, sort column, bounds, NULLs first) -> full LIMIT pages
+        #: of rows with one of the values (:mod:`querycache.invalidation.pages`)
+        self.pages: dict[tuple[frozenset[Any], str, Any, bool], Cell] = {}
 
 
 class _Group:
@@ -130,7 +135,7 @@ class CellRegistry:
                     groups = s.tables[table] = {}
                 key: Any = fp.columns if fp is not None else None
                 if fp is not None and fp.filters:
-                    guards = _guards(fp, params)
+                    guards = guards_of(fp, params)
                     if guards and ((key, guards) in groups or len(groups) < _MAX_GROUPS):
                         key = (key, guards)
                 group = groups.get(key)
@@ -150,6 +155,38 @@ class CellRegistry:
                         if cell.owner is None:
                             cell.owner = owner
             return tuple(cells)
+
+    def refine_page(
+        self, scope: str, snapshot: tuple[Cell, ...], footprint: Any, params: Any, rows: list[Any]
+    ) -> tuple[Cell, ...]:
+        """The cells a full ``LIMIT`` page result holds once stored: its value
+        cells swapped for a page cell (:mod:`querycache.invalidation.pages`);
+        ``snapshot`` itself when that does not apply or a cell of it died."""
+        page = footprint.page
+        fp = footprint.tables.get(page.table) if self.precise else None
+        found = _condition(fp.conds, params) if fp is not None else None
+        spec = page_spec(page, params, rows) if found is not None and found[1] == "=" else None
+        if spec is None:
+            return snapshot
+        name, _, keys = found  # type: ignore[misc]
+        with self.lock:
+            s = self._scopes.get(scope)
+            if s is None or any(c.dead for c in snapshot):
+                return snapshot
+            held = {id(c) for c in snapshot}
+            for group in s.tables.get(page.table, {}).values():
+                column = group.columns.get(name)
+                cells = [column.eq.get(k) for k in keys] if column is not None else []
+                if not cells or any(c is None or id(c) not in held for c in cells):
+                    continue
+                key = (keys, *spec)
+                cell = column.pages.get(key)  # type: ignore[union-attr]
+                if cell is None:
+                    cell = column.pages[key] = Cell()  # type: ignore[union-attr]
+                    cell.owner = cells[0].owner  # type: ignore[union-attr]
+                drop = {id(c) for c in cells}
+                return (*(c for c in snapshot if id(c) not in drop), cell)
+        return snapshot
 
     # -- writers ---------------------------------------------------------------
     def kill(
@@ -201,6 +238,7 @@ class CellRegistry:
             return []
         with self.lock:
             keyed = {c for g in groups.values() for c in g.columns}
+            keyed.update(p[1] for g in groups.values() for c in g.columns.values() for p in c.pages)
             for key in groups:
                 if type(key) is tuple:
                     keyed.update(c for c, _ in key[1])
@@ -269,7 +307,7 @@ class CellRegistry:
             columns, guards = key if type(key) is tuple else (key, ())
             if changed is not None and columns is not None:
                 touched = changed & columns
-                if not touched or (guards and _same_truth(touched, guards, image, sqlite)):
+                if not touched or (guards and same_truth(touched, guards, image, sqlite)):
                     for owner in group.owners:  # the write changed no column they use
                         owner.writes_skipped += 1  # (but filters the rows kept failing/passing)
                     continue
@@ -285,8 +323,11 @@ class CellRegistry:
                     del group.columns[name]
                     if len(column.eq) > 64:
                         self.graveyard.append(column.eq)
-                elif column.joins:
-                    self._kill_joins(column, values, sqlite, writes, image)
+                else:
+                    if column.joins:
+                        self._kill_joins(column, values, sqlite, writes, image)
+                    if column.pages:
+                        kill_pages(self._die, column.pages, values, image, sqlite)
             dropped += self._account(group, wide)
         return dropped
 
@@ -344,77 +385,6 @@ def _may_meet(values: list[Any], how: str, arg: Any, sqlite: bool) -> bool:
         keys = [loose(v) for v in values]
         return any(k is None or k in arg for k in keys)
     return any(in_range(v, arg, sqlite) for v in values)
-
-
-def _guards(fp: Any, params: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """Per filter-only column, its conditions bound to ``params`` (see
-    :func:`_same_truth`); a column whose conditions cannot all be bound is left out."""
-    tests: dict[str, list[Any]] = {}
-    bad: set[str] = set()
-    for cond in fp.conds:
-        if cond.column not in fp.filters:
-            continue
-        vals = [value_of(v, params) for v in cond.values]
-        if any(missing(v) for v in vals):
-            bad.add(cond.column)
-            continue
-        if cond.op == "=" or cond.op == "!=":
-            keys = [loose(v) for v in vals]
-            if any(k is None for k in keys):
-                bad.add(cond.column)
-                continue
-            test: Any = (cond.op, frozenset(keys))
-        elif type(vals[0]) in _RANGED:
-            test = (cond.op, vals[0])
-        else:
-            bad.add(cond.column)
-            continue
-        tests.setdefault(cond.column, []).append(test)
-    return tuple(
-        (c, tuple(sorted(set(t), key=repr))) for c, t in sorted(tests.items()) if c not in bad
-    )
-
-
-def _truth(v: Any, tests: tuple[Any, ...], sqlite: bool) -> bool | None:
-    """Whether a row with ``v`` in the column passes all ``tests``: ``None``
-    when unsure. Loosely different values are different for the database
-    (never the reverse), so only "loosely different" decides ``=`` and ``!=``;
-    a range decides only when ``v`` certainly falls outside it."""
-    if v is None:
-        return False  # NULL passes no comparison (IS NULL is "=" NULL below)
-    k = loose(v)
-    passes = True
-    for op, arg in tests:
-        if op == "=":
-            if k is None or k in arg:
-                return None
-            return False
-        if op == "!=":
-            if k is None or k in arg:
-                return None
-        elif in_range(v, ((op, arg),), sqlite):
-            passes = False  # may pass, may not: unsure unless another test fails
-        else:
-            return False
-    return True if passes else None
-
-
-def _same_truth(touched: Any, guards: Any, image: Any, sqlite: bool) -> bool:
-    """Whether every column ``touched`` is a guarded filter that each value of
-    the image (old and new, every row) passes, or that each fails: then no
-    row entered or left the result, and nothing else of it changed."""
-    by_column = dict(guards)
-    for c in touched:
-        tests = by_column.get(c)
-        values = image.values.get(c) if tests is not None else None
-        if not values:
-            return False
-        if None in values and any(op == "=" for op, _ in tests):
-            return False  # IS NULL: "=" with the NULL key, decided above as unsure
-        truths = {_truth(v, tests, sqlite) for v in values}
-        if len(truths) != 1 or None in truths:
-            return False
-    return True
 
 
 def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
