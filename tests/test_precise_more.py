@@ -418,3 +418,106 @@ def test_page_analysis_limits():
         "ORDER BY created_at LIMIT 3",
     ):
         assert page(sql) is None, sql
+
+
+# -- the differential random workload of test_precise, through the asyncio drivers ----------
+
+
+class _AsyncRW:
+    """Many readers or one writer, for tasks of one event loop."""
+
+    def __init__(self) -> None:
+        self.cond = asyncio.Condition()
+        self.readers = 0
+        self.writer = False
+
+    async def acquire(self, write: bool) -> None:
+        async with self.cond:
+            while self.writer or (write and self.readers):
+                await self.cond.wait()
+            if write:
+                self.writer = True
+            else:
+                self.readers += 1
+
+    async def release(self, write: bool) -> None:
+        async with self.cond:
+            if write:
+                self.writer = False
+            else:
+                self.readers -= 1
+            self.cond.notify_all()
+
+
+@pytest.mark.parametrize("driver, seconds", [("aiosqlite", 8.0), ("asyncpg", 8.0)])
+def test_random_differential_async(request, tmp_path, driver: str, seconds: float):
+    """test_precise's random reads (every supported condition) and writes (every
+    kind, some rolled back), four tasks on one loop: zero wrong reads."""
+    import random
+    import time
+
+    import test_precise as tp
+
+    url = db_url(driver, request, tmp_path)
+    setup = tp.make_env("psycopg" if is_pg(driver) else "pysqlite", request, tmp_path)
+    for e in (setup.engine, setup.plain):
+        e.dispose()
+    setup.counter.close()
+    setup.cache.close()  # the schema and seed rows stay; a new cache and async engine below
+    cache = QueryCache()
+    engine = make_engine(url)
+    counter = counter_for(engine)
+    if is_pg(driver):
+        _first_connect(engine)
+    cache.wrap(engine)
+    plain = create_engine(sync_twin(url))
+    mismatches: list[Any] = []
+    done = [0, 0]
+    next_id = [tp.N_ORDERS]
+
+    async def worker(n: int, lock: _AsyncRW, deadline: float) -> None:
+        rng = random.Random(100 + n)
+        while time.monotonic() < deadline:
+            if rng.random() < 0.12:
+                await lock.acquire(True)
+                try:
+                    async with engine.connect() as conn:
+                        tx = await conn.begin()
+                        for _ in range(rng.choice([1, 1, 1, 2])):
+                            await conn.run_sync(lambda c: tp._write(rng, c, next_id))
+                        await (tx.rollback() if rng.random() < 0.1 else tx.commit())
+                finally:
+                    await lock.release(True)
+            else:
+                k, params = tp._read_params(rng)
+                await lock.acquire(False)
+                try:
+                    async with engine.connect() as conn:
+                        got = [tuple(r) for r in await conn.execute(tp.CACHED[k], params)]
+                    with plain.connect() as conn:
+                        want = [tuple(r) for r in conn.execute(tp.TRUTH[k], params)]
+                finally:
+                    await lock.release(False)
+                done[1] += 1
+                if sorted(got, key=repr) != sorted(want, key=repr):
+                    mismatches.append((k, params, got, want))
+            done[0] += 1
+
+    async def main() -> None:
+        lock = _AsyncRW()
+        deadline = time.monotonic() + seconds
+        try:
+            await asyncio.gather(*(worker(n, lock, deadline) for n in range(4)))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(main())
+        assert not mismatches, mismatches[:3]
+        executed = counter.count("AS rq")
+        print(f"\n{driver}: {done[0]} ops, {done[1]} cached reads, {executed} executed")
+        assert done[0] > 500 and executed < done[1] * 0.8
+    finally:
+        counter.close()
+        cache.close()
+        plain.dispose()
