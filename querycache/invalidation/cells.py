@@ -35,7 +35,8 @@ from typing import Any
 from querycache.analysis.footprints import ReadFootprint
 from querycache.invalidation.guards import guards_of, same_truth
 from querycache.invalidation.images import Image, in_range, loose, missing, value_of
-from querycache.invalidation.pages import kill_pages, page_spec
+from querycache.invalidation.joins import kill_joins
+from querycache.invalidation.pages import kill_pages, page_spec, swap_in_page
 
 __all__ = ["Cell", "CellRegistry"]
 
@@ -173,20 +174,8 @@ class CellRegistry:
             s = self._scopes.get(scope)
             if s is None or any(c.dead for c in snapshot):
                 return snapshot
-            held = {id(c) for c in snapshot}
-            for group in s.tables.get(page.table, {}).values():
-                column = group.columns.get(name)
-                cells = [column.eq.get(k) for k in keys] if column is not None else []
-                if not cells or any(c is None or id(c) not in held for c in cells):
-                    continue
-                key = (keys, *spec)
-                cell = column.pages.get(key)  # type: ignore[union-attr]
-                if cell is None:
-                    cell = column.pages[key] = Cell()  # type: ignore[union-attr]
-                    cell.owner = cells[0].owner  # type: ignore[union-attr]
-                drop = {id(c) for c in cells}
-                return (*(c for c in snapshot if id(c) not in drop), cell)
-        return snapshot
+            groups = s.tables.get(page.table, {})
+            return swap_in_page(groups.values(), snapshot, name, keys, spec, Cell)
 
     # -- writers ---------------------------------------------------------------
     def kill(
@@ -323,45 +312,15 @@ class CellRegistry:
                     del group.columns[name]
                     if len(column.eq) > 64:
                         self.graveyard.append(column.eq)
+                    if len(column.pages) > 64:
+                        self.graveyard.append(column.pages)
                 else:
                     if column.joins:
-                        self._kill_joins(column, values, sqlite, writes, image)
+                        kill_joins(self._die, column.joins, values, sqlite, writes, image)
                     if column.pages:
                         kill_pages(self._die, column.pages, values, image, sqlite)
             dropped += self._account(group, wide)
         return dropped
-
-    def _kill_joins(
-        self,
-        column: _Column,
-        values: list[Any],
-        sqlite: bool,
-        writes: dict[str, Image | None],
-        image: Image | None,
-    ) -> None:
-        """Rows written with ``values`` in the join column meet the other
-        table's condition only through rows of it this same commit wrote, or
-        that a join lookup read (``image.facts``), with values known:
-        otherwise they may."""
-        keys = {loose(v) for v in values}
-        facts = image.facts if image is not None else None
-        for spec in list(column.joins):
-            other, other_column, (cond_column, how, arg) = spec
-            if None not in keys:
-                target = writes.get(other)
-                known = target.values.get(other_column) if target is not None else None
-                if known is not None and keys <= {loose(v) for v in known}:
-                    candidates = target.values.get(cond_column)  # type: ignore[union-attr]
-                    if candidates is not None and not _may_meet(candidates, how, arg, sqlite):
-                        continue
-                fact = facts.get((other, other_column, cond_column)) if facts else None
-                if (
-                    fact is not None
-                    and keys <= fact[0]
-                    and not _may_meet(fact[1], how, arg, sqlite)
-                ):
-                    continue
-            self._die(column.joins.pop(spec))
 
     def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
         """Kill the cells ``values`` may fall in; False if one cannot be keyed."""
@@ -378,13 +337,6 @@ class CellRegistry:
                 if any(in_range(v, bounds, sqlite) for v in values):
                     self._die(column.ranges.pop(bounds))
         return True
-
-
-def _may_meet(values: list[Any], how: str, arg: Any, sqlite: bool) -> bool:
-    if how == "=":
-        keys = [loose(v) for v in values]
-        return any(k is None or k in arg for k in keys)
-    return any(in_range(v, arg, sqlite) for v in values)
 
 
 def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from querycache.invalidation.images import in_range, loose, value_of
 
-__all__ = ["kill_pages", "page_spec"]
+__all__ = ["kill_pages", "page_spec", "swap_in_page"]
 
 _RANGED = frozenset({int, float, Decimal, str, dt.date, dt.datetime})
 
@@ -62,3 +62,25 @@ def kill_pages(
         ):
             continue  # every touched row sorts after the page
         die(pages.pop(spec))
+
+
+def swap_in_page(
+    groups: Any, snapshot: tuple[Any, ...], name: str, keys: Any, spec: Any, cell_class: Any
+) -> tuple[Any, ...]:
+    """``snapshot`` with the value cells of ``name = keys`` it holds replaced by
+    their page cell (made if new); ``snapshot`` itself if it holds none. The
+    caller holds the registry's lock and checked every cell of it alive."""
+    held = {id(c) for c in snapshot}
+    for group in groups:
+        column = group.columns.get(name)
+        cells = [column.eq.get(k) for k in keys] if column is not None else []
+        if not cells or any(c is None or id(c) not in held for c in cells):
+            continue
+        key = (keys, *spec)
+        cell = column.pages.get(key)
+        if cell is None:
+            cell = column.pages[key] = cell_class()
+            cell.owner = cells[0].owner
+        drop = {id(c) for c in cells}
+        return (*(c for c in snapshot if id(c) not in drop), cell)
+    return snapshot
