@@ -341,6 +341,13 @@ def test_join_lookup_keeps_items_of_other_categories(run):
             (item, {"order_id": 2, "product_id": 7, "qty": 1}),
         )
         c.check("q_join", q, {"cat": 1}, 0)
+        # under autocommit the lookup follows the write at once
+        with c.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(item, {"order_id": 3, "product_id": 2, "qty": 1})  # category 3
+        c.check("q_join", q, {"cat": 1}, 0)
+        with c.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(item, {"order_id": 3, "product_id": 6, "qty": 1})  # category 1
+        c.check("q_join", q, {"cat": 1}, 1)
 
     run(body)
 

@@ -44,7 +44,7 @@ from querycache.integration.drivers import (
     transaction_ended,
 )
 from querycache.integration.identity import IDENT_KEY, SCOPE_KEY, ConnectionIdentities
-from querycache.integration.lookups import Lookups, join_lookups
+from querycache.integration.lookups import join_lookups, resolve_lookups
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
@@ -111,7 +111,6 @@ class EngineBinding:
         self.aliases: dict[Any, Any] = {}
         self.context_class: Any = None
         self.connections = ConnectionIdentities(self, engine, self.private)
-        self.lookups = Lookups()  # join lookups' per-catalog knowledge
 
     @staticmethod
     def identity_of(engine: Engine) -> str:
@@ -514,6 +513,8 @@ class EngineBinding:
         if state is None:
             return
         images = {t: merge_parts(parts) for t, parts in state.images.items()}
+        if self.memory.cells.joins_seen:  # after the commit, before the kills
+            resolve_lookups(self, fairy, images)
         written, everything = state.take_writes()
         state.snapshot = False
         scope = self.scope_for(info)

@@ -1,36 +1,31 @@
-"""Join lookups: what the rows a write joins to look like, read in its transaction.
+"""Join lookups: what the rows a write joins to look like, read after its commit.
 
 ``SELECT ... FROM order_items JOIN products ON products.id =
 order_items.product_id WHERE products.category_id = ?`` depends on
-``order_items`` only through rows joined to a product of that category
-(a *join cell*, :mod:`querycache.invalidation.cells`). An inserted order item
+``order_items`` only through items joined to a product of that category (a
+*join cell*, :mod:`querycache.invalidation.joins`). An inserted order item
 names its ``product_id``, not the product's category; without more, the
-cell must die. Right after such a write, when some live join cell of this
-process follows the written column, this module reads the joined rows'
-condition column (``SELECT id, category_id FROM products WHERE id IN
-(...)``) on the writer's connection and attaches the answer to the write's
-image as *facts*: the join cell then survives if no looked-up row can meet
-its condition.
+cell must die. When a write's image knows a column that some live join cell
+of this process follows, the image *wants* a lookup; once the transaction
+committed, before its invalidation is applied, the writer's connection reads
+the joined rows' condition column (``SELECT id, category_id FROM products
+WHERE id IN (...)``, every key the transaction wrote, in one statement per
+followed join) and attaches the answer to the image as *facts*: the join
+cell survives if every written key was found and no row found can meet its
+condition.
 
-The answer must still hold when the write's invalidation is applied, or a
-change to those rows must kill the entry by itself (it does: the entry also
-holds the other table's cells of its condition, which any write changing
-the condition column of such a row kills). What remains is a row the lookup
-could not see:
+Reading after the commit needs no lock: a row that met the condition when the
+write committed and does not when it is read was changed (or deleted) by a
+writer that committed in between, whose own invalidation kills the entry (the
+entry also holds the other table's cells of that condition); a row created in
+between is seen; a key with no row is not covered. Under autocommit the write
+committed already: the lookup runs right after it. On PostgreSQL the lookup
+would open a transaction on the connection: it is rolled back at once.
 
-* SQLite: after the write, this connection holds the database's write lock
-  until it commits (or it committed already, under autocommit): nothing
-  commits in between.
-* PostgreSQL, inside a transaction: ``FOR SHARE`` locks the rows read until
-  the writer's transaction ends, and the lookup is only done when the looked
-  up column has a single-column, immediate, non-partial unique index (so no
-  second row with that key can appear); it runs inside a savepoint, so that
-  an error cannot abort the user's transaction. Under autocommit the write
-  committed before the lookup, which then reads what was committed since.
-
-A key the lookup found no row for is not covered (a phantom may appear): the
-cell dies. Only done for plain tables (not views) with lower-case plain
-names, and at most ``_MAX_KEYS`` keys.
+Only for plain tables of the catalog (not views) with lower-case plain names,
+at most ``_MAX_KEYS`` keys; a failure is logged once and the cell dies.
+Cost: one statement per followed join per committing transaction that wrote
+such a column (plus a ``ROLLBACK`` on PostgreSQL), inside ``commit()``.
 """
 
 from __future__ import annotations
@@ -40,34 +35,29 @@ from typing import Any
 
 from querycache.analysis.writespecs import WriteSpec
 from querycache.integration.context import committed_now
+from querycache.integration.txhooks import info_of
 from querycache.invalidation.images import Image, PendingKeys, loose
 from querycache.invalidation.transactions import STATE_KEY
 
-__all__ = ["Lookups", "fetch_facts", "join_lookups"]
+__all__ = ["fetch_facts", "join_lookups", "resolve_lookups"]
 
 _MAX_KEYS = 1000
 _PLAIN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MARK = "/* querycache join lookup */ "
-_UNIQUE = (
-    "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
-    "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-    "WHERE i.indrelid = to_regclass({t}) AND i.indisunique AND i.indimmediate "
-    "AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = {c})"
-)
 
 
-def _marks(style: str, n: int, start: int = 0) -> list[str]:
+def _marks(style: str, n: int) -> str:
     if style == "qmark":
-        return ["?"] * n
+        return ", ".join(["?"] * n)
     if style == "numeric":
-        return [f":{start + i + 1}" for i in range(n)]
+        return ", ".join(f":{i + 1}" for i in range(n))
     if style == "named":
-        return [f":qck{start + i}" for i in range(n)]
+        return ", ".join(f":qck{i}" for i in range(n))
     if style == "pyformat":
-        return [f"%(qck{start + i})s" for i in range(n)]
+        return ", ".join(f"%(qck{i})s" for i in range(n))
     if style == "format":
-        return ["%s"] * n
-    return [f"${start + i + 1}" for i in range(n)]  # numeric_dollar (asyncpg)
+        return ", ".join(["%s"] * n)
+    return ", ".join(f"${i + 1}" for i in range(n))  # numeric_dollar (asyncpg)
 
 
 def _params(style: str, values: list[Any]) -> Any:
@@ -76,42 +66,16 @@ def _params(style: str, values: list[Any]) -> Any:
     return tuple(values)
 
 
-class Lookups:
-    """Per engine: which looked-up columns are unique (PostgreSQL), by catalog."""
-
-    def __init__(self) -> None:
-        self.catalog: Any = None
-        self.unique: dict[tuple[str, str], bool] = {}
-
-    def is_unique(self, cursor: Any, catalog: Any, table: str, column: str, style: str) -> bool:
-        if catalog is not self.catalog:  # DDL since: read again
-            self.catalog, self.unique = catalog, {}
-        key = (table, column)
-        if key not in self.unique:
-            t, c = _marks(style, 2)
-            cursor.execute(_UNIQUE.format(t=t, c=c), _params(style, [table, column]))
-            self.unique[key] = bool(cursor.fetchone()[0])
-        return self.unique[key]
-
-
 def fetch_facts(
-    ctx: Any,
-    lookups: Lookups,
-    catalog: Any,
-    specs: list[tuple[str, str, str, str]],
-    image: Any,
-    postgres: bool,
-    in_transaction: bool,
+    dbapi_connection: Any, style: str, catalog: Any, wants: Any, image: Image
 ) -> dict[tuple[str, str, str], tuple[frozenset[Any], list[Any]]]:
     """Per ``(other table, its join column, its condition column)`` followed
-    from a written column (``specs``: ``(own, other, other column, condition
+    from a written column (``wants``: ``(own, other, other column, condition
     column)``): the loose keys found and the condition column's values."""
-    style = ctx.dialect.paramstyle
     facts: dict[tuple[str, str, str], tuple[frozenset[Any], list[Any]]] = {}
-    cursor = ctx._dbapi_connection.cursor()
-    savepoint = postgres and in_transaction
+    cursor = dbapi_connection.cursor()
     try:
-        for own, other, other_column, cond_column in specs:
+        for own, other, other_column, cond_column in sorted(wants):
             values = image.values.get(own)
             if not values or any(v is None for v in values):
                 continue
@@ -119,30 +83,16 @@ def fetch_facts(
                 continue
             if other not in catalog.known or other in catalog.views:
                 continue
-            keys = list({loose(v): v for v in values}.values())
-            if len(keys) > _MAX_KEYS or None in {loose(v) for v in keys}:
+            by_key = {loose(v): v for v in values}
+            if len(by_key) > _MAX_KEYS or None in by_key:
                 continue
+            keys = list(by_key.values())
             sql = (
                 f"{MARK}SELECT {other_column}, {cond_column} FROM {other} "
-                f"WHERE {other_column} IN ({', '.join(_marks(style, len(keys)))})"
+                f"WHERE {other_column} IN ({_marks(style, len(keys))})"
             )
-            if savepoint:
-                cursor.execute("SAVEPOINT querycache_lookup")
-            try:
-                if savepoint:
-                    if not lookups.is_unique(cursor, catalog, other, other_column, style):
-                        cursor.execute("RELEASE SAVEPOINT querycache_lookup")
-                        continue
-                    sql += " FOR SHARE"
-                cursor.execute(sql, _params(style, keys))
-                rows = cursor.fetchall()
-                if savepoint:
-                    cursor.execute("RELEASE SAVEPOINT querycache_lookup")
-            except Exception:
-                if savepoint:
-                    cursor.execute("ROLLBACK TO SAVEPOINT querycache_lookup")
-                    cursor.execute("RELEASE SAVEPOINT querycache_lookup")
-                raise
+            cursor.execute(sql, _params(style, keys))
+            rows = cursor.fetchall()
             found = frozenset(loose(r[0]) for r in rows)
             facts[(other, other_column, cond_column)] = (found, [r[1] for r in rows])
     finally:
@@ -151,15 +101,13 @@ def fetch_facts(
 
 
 def join_lookups(binding: Any, ctx: Any) -> None:
-    """After a write ran: attach join facts to its image when some live join
-    cell follows a column it wrote (see the module). Never raises."""
+    """After a write ran: mark its image as wanting the lookups of the live
+    join cells that follow a column it knows (done now if the write is already
+    committed, else by :func:`resolve_lookups`). Never raises."""
     core = binding.core
     try:
         spec = core.plan(ctx.statement, binding.dialect_name).footprint
-        if not isinstance(spec, WriteSpec):
-            return
-        postgres = binding.dialect_name == "postgresql"
-        if not postgres and binding.dialect_name != "sqlite":
+        if not isinstance(spec, WriteSpec) or binding.dialect_name not in ("postgresql", "sqlite"):
             return
         fairy = ctx._dbapi_connection
         info = fairy.info
@@ -169,16 +117,42 @@ def join_lookups(binding: Any, ctx: Any) -> None:
         parts = state.images.get(spec.table) if specs and state is not None else None
         part = parts[-1] if parts else None
         image = part.image if isinstance(part, PendingKeys) else part
-        catalog = core.catalogs.get(scope)
-        if image is None or catalog is None or spec.table in catalog.views:
+        if image is None:
             return
-        specs = [s for s in specs if s[0] in image.values]
-        if not specs:
+        wants = {s for s in specs if s[0] in image.values}
+        if not wants:
             return
-        in_tx = not committed_now(fairy, ctx.execution_options, binding.default_isolation)
-        facts = fetch_facts(ctx, binding.lookups, catalog, specs, image, postgres, in_tx)
+        image.wants = (image.wants or frozenset()) | wants
+        if committed_now(fairy, ctx.execution_options, binding.default_isolation):
+            resolve_lookups(binding, fairy, {spec.table: image})
     except Exception as exc:
         core.failed("join lookup", exc)
+
+
+def resolve_lookups(binding: Any, fairy: Any, images: dict[str, Any]) -> None:
+    """After a commit, before its invalidation: the lookups its images want.
+    Never raises (a lookup that failed leaves its cells to die)."""
+    wanting = {t: im for t, im in images.items() if im is not None and im.wants}
+    if not wanting:
         return
-    if facts:
-        image.facts = image.merge(Image({}, None, facts)).facts
+    core = binding.core
+    postgres = binding.dialect_name == "postgresql"
+    try:
+        todo = [(image, image.wants) for image in wanting.values()]
+        for image, _ in todo:
+            image.wants = None  # done once, whatever happens
+        info = info_of(fairy)
+        catalog = core.catalogs.get(binding.scope_for(info)) if info is not None else None
+        if catalog is None or not hasattr(fairy, "cursor"):
+            return  # (an invalidated connection: nothing to read with)
+        style = binding.dialect.paramstyle
+        try:
+            for image, wants in todo:
+                facts = fetch_facts(fairy, style, catalog, wants, image)
+                if facts:
+                    image.facts = image.merge(Image({}, None, facts)).facts
+        finally:
+            if postgres and not getattr(fairy, "autocommit", False):
+                fairy.rollback()  # the transaction the lookup opened
+    except Exception as exc:
+        core.failed("join lookup", exc)
