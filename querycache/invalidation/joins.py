@@ -29,6 +29,8 @@ def kill_joins(
     """Kill the join cells of one column that rows written with ``values`` in
     it may reach (see the module)."""
     keys = {loose(v) for v in values}
+    if not keys:
+        return  # the image knows the column, and no row: nothing was written
     facts = image.facts if image is not None else None
     for spec in list(joins):
         other, other_column, (cond_column, how, arg) = spec
