@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,8 @@ from sqlalchemy import (
     Table,
     bindparam,
     create_engine,
+    delete,
+    event,
     func,
     insert,
     select,
@@ -104,6 +107,8 @@ def _seed(url: str) -> None:
         md.drop_all(engine)
         md.create_all(engine)
         with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":  # a reader does not block a writer
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             conn.execute(
                 insert(O), [order(i, i % 4 + 1, STATUSES[i % 4], i, i * 10) for i in range(1, 21)]
             )
@@ -341,6 +346,8 @@ def test_join_lookup_keeps_items_of_other_categories(run):
             (item, {"order_id": 2, "product_id": 7, "qty": 1}),
         )
         c.check("q_join", q, {"cat": 1}, 0)
+        c.write(delete(ITEMS).where(ITEMS.c.id == 10_000))  # no such row: nothing written
+        c.check("q_join", q, {"cat": 1}, 0)
         # under autocommit the lookup follows the write at once
         with c.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(item, {"order_id": 3, "product_id": 2, "qty": 1})  # category 3
@@ -408,6 +415,58 @@ def test_page_depends_only_on_rows_up_to_its_last(run):
         c.check("q_page", page, paid, 1 if c.pg else 0)
 
     run(body)
+
+
+@pytest.mark.parametrize("inside", [True, False])
+@pytest.mark.parametrize("driver", ["pysqlite", "psycopg"])
+def test_page_stale_set_race(request, tmp_path, driver: str, inside: bool):
+    """A write committed between a page's query and its store (where its value
+    cell is swapped for the page cell) is never hidden."""
+    url = db_url(driver, request, tmp_path)
+    _seed(url)
+    cache = QueryCache()
+    engine = create_engine(url)
+    counter = counter_for(engine)
+    cache.wrap(engine)
+    plain = create_engine(url)
+    c = Ctx(engine, plain, counter, cache, is_pg(driver))
+    page = (
+        select(O.c.id.label("q_prace"), O.c.created_at)
+        .where(O.c.status == "paid")
+        .order_by(O.c.created_at.desc(), O.c.id.desc())
+        .limit(3)
+    )
+    reader_in, writer_done = threading.Event(), threading.Event()
+    armed = [True]
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "q_prace" in statement and armed[0]:
+            armed[0] = False
+            reader_in.set()
+            assert writer_done.wait(20)
+
+    event.listen(engine, "after_cursor_execute", hold)
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("rows", c.read(page)))
+    t.start()
+    try:
+        assert reader_in.wait(20)
+        c.write(insert(O).values(order(100, 1, "paid", 30 if inside else 2)))
+    finally:
+        writer_done.set()
+        t.join(20)
+        event.remove(engine, "after_cursor_execute", hold)
+    try:
+        assert [r[0] for r in out["rows"]] == [20, 19, 16]  # read before the commit
+        # the value cell died under the reader: nothing stored, inside or not
+        rows = c.check("q_prace", page, None, 1)
+        assert (rows[0][0] == 100) is inside
+        c.check("q_prace", page, None, 0)
+    finally:
+        counter.close()
+        cache.close()
+        engine.dispose()
+        plain.dispose()
 
 
 def test_page_analysis_limits():
