@@ -61,7 +61,7 @@ class Cell:
 
 
 class _Column:
-    __slots__ = ("eq", "joins", "pages", "ranges", "wild")
+    __slots__ = ("eq", "followed", "joins", "pages", "ranges", "wild")
 
     def __init__(self) -> None:
         self.wild = Cell()
@@ -73,6 +73,8 @@ class _Column:
         #: (loose values, sort column, bounds, NULLs first) -> full LIMIT pages
         #: of rows with one of the values (:mod:`querycache.invalidation.pages`)
         self.pages: dict[tuple[frozenset[Any], str, Any, bool], Cell] = {}
+        #: (other table, its column, its condition column) of the join cells made
+        self.followed: set[tuple[str, str, str]] = set()
 
 
 class _Group:
@@ -243,10 +245,11 @@ class CellRegistry:
         with self.lock:
             return sorted(
                 {
-                    (name, other, other_column, cond[0])
+                    (name, *followed)
                     for g in groups.values()
                     for name, c in g.columns.items()
-                    for other, other_column, cond in c.joins
+                    if c.joins  # (not one per join cell: a write's cost stays small)
+                    for followed in c.followed
                 }
             )
 
@@ -381,6 +384,7 @@ def _joined(group: _Group, fp: Any, fps: dict[str, Any], params: Any) -> list[Ce
         cell = column.joins.get(spec)
         if cell is None:
             cell = column.joins[spec] = Cell()
+            column.followed.add((other, other_column, found[0]))
         return [column.wild, cell]
     return [group.every]
 
