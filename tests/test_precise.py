@@ -420,6 +420,13 @@ def _templates(p: str, truth: bool) -> list[Any]:
     """Every read kind, labelled ``p<k>``; the truth variant differs in
     structure (pg_stat_statements ignores labels when it groups statements)."""
     j = ORD.join(C, C.c.id == ORD.c.customer_id)
+    monthly = (
+        select(ORD.c.customer_id, func.count(ORD.c.id).label("n"))
+        .where(ORD.c.created_at >= b("a"), ORD.c.created_at < b("e"))
+        .group_by(ORD.c.customer_id)
+        .cte(f"m{p}")
+    )
+    mine = select(ORD.c.id, ORD.c.total).where(ORD.c.customer_id == b("c")).subquery(f"d{p}")
     out = [
         by_customer(f"{p}0"),
         select(ORD.c.id.label(f"{p}1"), ORD.c.total).where(
@@ -440,6 +447,23 @@ def _templates(p: str, truth: bool) -> list[Any]:
         ),
         select(func.coalesce(func.sum(ORD.c.total), 0).label(f"{p}11")),
         select(C.c.id.label(f"{p}12"), C.c.region).where(C.c.region.is_(None)),
+        # guards (status only filters), a CTE, a derived table, LIMIT pages
+        select(func.coalesce(func.sum(ORD.c.total), 0).label(f"{p}13")).where(
+            ORD.c.status != b("s"), ORD.c.customer_id == b("c")
+        ),
+        select(C.c.name.label(f"{p}14"), monthly.c.n)
+        .join(monthly, monthly.c.customer_id == C.c.id)
+        .order_by(C.c.id),
+        select(func.count(mine.c.id).label(f"{p}15"), func.coalesce(func.sum(mine.c.total), 0)),
+        select(ORD.c.id.label(f"{p}16"), ORD.c.created_at)
+        .where(ORD.c.status == b("s"))
+        .order_by(ORD.c.created_at.desc(), ORD.c.id.desc())
+        .limit(4)
+        .offset(b("o")),
+        select(ORD.c.id.label(f"{p}17"), ORD.c.note)
+        .where(ORD.c.customer_id == b("c"))
+        .order_by(ORD.c.note, ORD.c.id)
+        .limit(2),
     ]
     return [t.where(text("2 > 1")) if truth else t for t in out]
 
@@ -460,7 +484,8 @@ def _read_params(rng: random.Random) -> tuple[int, dict[str, Any]]:
         "hi": lo + 20,
         "i": rng.randrange(1, 60),
         "r": rng.choice(["n", "s"]),
-        "s": rng.choice(["open", "done"]),
+        "s": rng.choice(["open", "done", "cancelled"]),
+        "o": rng.randrange(3),
     }
     k = rng.randrange(len(CACHED))
     return k, {n: v for n, v in params.items() if n in NAMES[k]}
@@ -477,11 +502,14 @@ WRITES = [
     update(ORD).where(ORD.c.id == b("oid")).values(created_at=b("d0")),
     update(C).where(C.c.id == b("cid")).values(region=b("rg")),
     update(C).where(C.c.id == b("cid")).values(name=b("nm")),
+    update(ORD).where(ORD.c.id == b("oid")).values(status=b("st")),
+    update(ORD).where(ORD.c.id == b("oid")).values(total=ORD.c.total - b("dt")),
 ]
+RETURNING = insert(ORD).returning(ORD.c.id, sort_by_parameter_order=True)
 
 
 def _write(rng: random.Random, conn: Any, next_id: list[int]) -> None:
-    k = rng.randrange(11)
+    k = rng.randrange(13)
     c = rng.choice(CUSTOMERS)
     oid = rng.randrange(1, next_id[0])
     d0 = DAY0 + dt.timedelta(days=rng.randrange(40))
@@ -498,7 +526,8 @@ def _write(rng: random.Random, conn: Any, next_id: list[int]) -> None:
                     rng.randrange(100),
                 )
             )
-        conn.execute(WRITES[0], rows[0] if k == 0 else rows)
+        many = RETURNING if rng.random() < 0.5 else WRITES[0]  # insertmanyvalues forms
+        conn.execute(WRITES[0], rows[0]) if k == 0 else conn.execute(many, rows)
     elif k == 2:
         conn.execute(MOVE, {"new": c, "i": oid, "old": rng.choice(CUSTOMERS)})
     else:
@@ -513,6 +542,8 @@ def _write(rng: random.Random, conn: Any, next_id: list[int]) -> None:
                 "nt": rng.choice([None, "b"]),
                 "rg": rng.choice(["n", "s", None]),
                 "nm": f"c{c}-{rng.randrange(9)}",
+                "st": rng.choice(["open", "done", "cancelled"]),
+                "dt": rng.randrange(1, 4),
             },
         )
 

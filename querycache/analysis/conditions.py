@@ -32,12 +32,12 @@ __all__ = [
 #: ``("p", accessor)`` for a DBAPI parameter (index or name), ``("l", value)``
 #: for a literal.
 Source = tuple[str, Any]
-Op = Literal["=", "<", "<=", ">", ">="]
+Op = Literal["=", "!=", "<", "<=", ">", ">="]
 
 SQLGLOT = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "mysql": "mysql"}
 _PREDICATES = (exp.Cast, exp.Connector, exp.Binary, exp.Not, exp.Paren, exp.Is, exp.In)
-_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "="}
-_CMP = {exp.EQ: "=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "=", "!=": "!="}
+_CMP = {exp.EQ: "=", exp.NEQ: "!=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
 # casts that hand a parameter's value to the comparison unchanged
 _PLAIN_CASTS = frozenset(
     {
@@ -65,8 +65,9 @@ _PLAIN_CASTS = frozenset(
 @dataclass(frozen=True, slots=True)
 class Cond:
     """One conjunct on a column: ``column op value`` (``values`` has one
-    source), ``column IN (values)`` (op ``"="``, several), or ``IS NULL``
-    (op ``"="``, the literal ``None``)."""
+    source; op ``"!="`` too: never a cell, only a guard), ``column IN
+    (values)`` (op ``"="``, several), or ``IS NULL`` (op ``"="``, the literal
+    ``None``)."""
 
     column: str
     op: Op

@@ -45,6 +45,9 @@ class WriteSpec:
     fetch: str | None = None
     #: the DBAPI accessor of each ``qcp<i>``
     accessors: tuple[Any, ...] = ()
+    #: ``UPDATE`` ``SET c = c + v`` / ``c - v``: ``c -> (op, source of v)``
+    #: (the new value follows from a pre-image's old one)
+    deltas: dict[str, tuple[str, Source]] | None = None
 
 
 def write_spec(tree: Any, ctx: Ctx) -> WriteSpec | None:
@@ -59,18 +62,68 @@ def _insert(tree: exp.Insert, ctx: Ctx) -> WriteSpec | None:
         return None
     schema = tree.this
     values = tree.expression
-    if not isinstance(schema, exp.Schema) or not isinstance(values, exp.Values):
-        return None
-    if not isinstance(schema.this, exp.Table):
+    if not isinstance(schema, exp.Schema) or not isinstance(schema.this, exp.Table):
         return None
     names = [ctx.column(c) for c in schema.expressions]
-    rows = []
+    if isinstance(values, exp.Select):
+        rows = _projected_values(values, names, ctx)
+        if rows is None:
+            return None
+        return WriteSpec(table_name(schema.this), "insert", rows=rows)
+    if not isinstance(values, exp.Values):
+        return None
+    out = []
     for row in values.expressions:
         items = row.expressions if isinstance(row, exp.Tuple) else [row]
         if len(items) != len(names):
             return None
-        rows.append({n: ctx.value(v) for n, v in zip(names, items, strict=True)})
-    return WriteSpec(table_name(schema.this), "insert", rows=tuple(rows))
+        out.append({n: ctx.value(v) for n, v in zip(names, items, strict=True)})
+    return WriteSpec(table_name(schema.this), "insert", rows=tuple(out))
+
+
+def _projected_values(
+    select: exp.Select, names: list[str], ctx: Ctx
+) -> tuple[dict[str, Source | None], ...] | None:
+    """The rows of ``INSERT INTO t (a, b) SELECT p0, p1 FROM (VALUES (...), ...)
+    AS v(p0, p1, ...) [ORDER BY ...]`` (SQLAlchemy's "insertmanyvalues" form
+    with a sentinel): each projection a column of the ``VALUES``, at most a
+    plain cast. Anything else (a filter, a join, an expression) is unknown."""
+    for extra in ("where", "group", "having", "limit", "offset", "distinct", "joins", "with_"):
+        if select.args.get(extra):
+            return None
+    from_ = select.args.get("from_") or select.args.get("from")
+    values = from_.this if from_ is not None else None
+    alias = values.args.get("alias") if isinstance(values, exp.Values) else None
+    if alias is None or not alias.columns or len(select.expressions) != len(names):
+        return None
+    assert isinstance(values, exp.Values)
+    position = {ctx.column(c): i for i, c in enumerate(alias.columns)}
+    picks: list[tuple[int, bool]] = []  # per inserted column: VALUES index, kept as is
+    for item in select.expressions:
+        plain = True
+        if isinstance(item, exp.Cast):
+            to = item.args.get("to")
+            # a cast with a precision (NUMERIC(3, 0)) may round: the value is unknown
+            plain = not to.expressions and ctx.value(exp.Cast(this=exp.Null(), to=to)) is not None
+            item = item.this
+        if not isinstance(item, exp.Column) or (item.table and item.table != alias.name):
+            return None
+        index = position.get(ctx.column(item))
+        if index is None:
+            return None
+        picks.append((index, plain))
+    rows = []
+    for row in values.expressions:
+        items = row.expressions if isinstance(row, exp.Tuple) else [row]
+        if any(i >= len(items) for i, _ in picks):
+            return None
+        rows.append(
+            {
+                n: ctx.value(items[i]) if plain else None
+                for n, (i, plain) in zip(names, picks, strict=True)
+            }
+        )
+    return tuple(rows)
 
 
 def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:
@@ -100,10 +153,15 @@ def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:
     if isinstance(tree, exp.Delete):
         return WriteSpec(table, "delete", pins=tuple(pins), fetch=fetch, accessors=accessors)
     sets: dict[str, Source | None] = {}
+    deltas: dict[str, tuple[str, Source]] = {}
     for assignment in tree.expressions:
         if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
             return None
-        sets[ctx.column(assignment.this)] = ctx.value(assignment.expression)
+        column = ctx.column(assignment.this)
+        sets[column] = ctx.value(assignment.expression)
+        delta = _delta(column, assignment.expression, resolve, ctx)
+        if delta is not None:
+            deltas[column] = delta
     return WriteSpec(
         table,
         "update",
@@ -112,7 +170,25 @@ def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:
         changed=frozenset(sets),
         fetch=fetch,
         accessors=accessors,
+        deltas=deltas or None,
     )
+
+
+def _delta(column: str, node: Any, resolve: Any, ctx: Ctx) -> tuple[str, Source] | None:
+    """``(op, source)`` when ``node`` is ``column + v``, ``v + column`` or ``column - v``."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if not isinstance(node, exp.Add | exp.Sub):
+        return None
+    left, right = node.this, node.expression
+    if isinstance(node, exp.Add) and not isinstance(left, exp.Column):
+        left, right = right, left
+    if not isinstance(left, exp.Column) or ctx.column(left) != column or resolve(left) is None:
+        return None
+    source = ctx.value(right)
+    if source is None:
+        return None
+    return ("+" if isinstance(node, exp.Add) else "-", source)
 
 
 def _fetch(tree: exp.Update | exp.Delete, ctx: Ctx) -> str | None:

@@ -44,6 +44,7 @@ from querycache.integration.drivers import (
     transaction_ended,
 )
 from querycache.integration.identity import IDENT_KEY, SCOPE_KEY, ConnectionIdentities
+from querycache.integration.lookups import join_lookups, resolve_lookups
 from querycache.integration.orm import CAPTURE_OPTION
 from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.shared import lookup_shared, release_lease, store_shared
@@ -463,6 +464,8 @@ class EngineBinding:
         fairy = ctx._dbapi_connection
         if getattr(ctx, "_qc_pre", None) is not None:
             self._finish_preimage(ctx)
+        if what == "write" and self.memory.cells.joins_seen:
+            join_lookups(self, ctx)
         if what == "commit":
             self.apply_pending(fairy)
         elif what == "rollback":
@@ -495,14 +498,12 @@ class EngineBinding:
         elif entry.size > self.memory.max_entry_bytes:
             qs.unstored("larger than max_entry_bytes")
         else:
-            stored = self.memory.put(
-                miss.key,
-                entry,
-                self.scope_for(ctx._dbapi_connection.info),
-                miss.plan.tables,
-                miss.snapshot,
-                miss.ttl,
-            )
+            scope, snapshot = self.scope_for(ctx._dbapi_connection.info), miss.snapshot
+            footprint = miss.plan.footprint
+            if getattr(footprint, "page", None) is not None:  # a LIMIT page: its bound
+                cells = self.memory.cells
+                snapshot = cells.refine_page(scope, snapshot, footprint, ctx.parameters[0], rows)
+            stored = self.memory.put(miss.key, entry, scope, miss.plan.tables, snapshot, miss.ttl)
             if stored:
                 qs.stored()
                 ctx._qc_key = miss.key
@@ -529,6 +530,8 @@ class EngineBinding:
         if state is None:
             return
         images = {t: merge_parts(parts) for t, parts in state.images.items()}
+        if self.memory.cells.joins_seen:  # after the commit, before the kills
+            resolve_lookups(self, fairy, images)
         written, everything = state.take_writes()
         state.snapshot = False
         scope = self.scope_for(info)

@@ -29,6 +29,7 @@ Its cost is one extra statement per such write, measured in
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 from querycache.invalidation.images import Image, missing, value_of
@@ -36,6 +37,7 @@ from querycache.invalidation.images import Image, missing, value_of
 __all__ = ["PreImage", "fetch_preimage"]
 
 _MAX_ROWS = 1000
+_INT_LIMIT = 2**53
 #: leads every pre-image query, so that it is recognisable in the database's logs
 MARK = "/* querycache pre-image */ "
 _MARKER = re.compile(r"%\(qcp(\d+)\)s|:qcp(\d+)")
@@ -61,8 +63,15 @@ class PreImage:
             for c, v in zip(self.columns, row, strict=False):
                 values[c].append(v)
         sets = spec.sets or {}
+        deltas = spec.deltas or {}
         for c in list(values):
-            if c in sets:
+            if c in deltas:
+                news = _shifted(values[c], *deltas[c], params)
+                if news is None:
+                    del values[c]
+                else:
+                    values[c].extend(news)
+            elif c in sets:
                 source = sets[c]
                 new = value_of(source, params) if source is not None else None
                 if source is None or missing(new):
@@ -70,6 +79,28 @@ class PreImage:
                 else:
                     values[c].append(new)
         return Image(values, spec.changed)
+
+
+def _shifted(olds: list[Any], op: str, source: Any, params: Any) -> list[Any] | None:
+    """Each row's new value of ``SET c = c + v`` (``-``) from its old one: only
+    an integer ``v`` added to an integer (exact in the database and here, well
+    inside 64 bits) or to a decimal (``numeric``: exact, its scale unchanged,
+    so no rounding on assignment); else None (unknown)."""
+    v = value_of(source, params)
+    if missing(v) or type(v) is not int:
+        return None
+    out = []
+    for old in olds:
+        if old is None:
+            out.append(None)  # NULL + v is NULL
+            continue
+        if not (type(old) is int or (type(old) is Decimal and old.is_finite())):
+            return None
+        new = old + v if op == "+" else old - v
+        if type(new) is int and abs(new) >= _INT_LIMIT:
+            return None
+        out.append(new)
+    return out
 
 
 def fetch_preimage(

@@ -33,11 +33,16 @@ from itertools import islice
 from typing import Any
 
 from querycache.analysis.footprints import ReadFootprint
+from querycache.invalidation.guards import guards_of, same_truth
 from querycache.invalidation.images import Image, in_range, loose, missing, value_of
+from querycache.invalidation.joins import kill_joins
+from querycache.invalidation.pages import kill_pages, page_spec, swap_in_page
 
 __all__ = ["Cell", "CellRegistry"]
 
 _RANGED = frozenset({int, float, Decimal, str, dt.date, dt.datetime})
+#: column groups per table beyond which a new guard binding shares the unguarded group
+_MAX_GROUPS = 64
 
 
 class Cell:
@@ -56,7 +61,7 @@ class Cell:
 
 
 class _Column:
-    __slots__ = ("eq", "joins", "ranges", "wild")
+    __slots__ = ("eq", "followed", "joins", "pages", "ranges", "wild")
 
     def __init__(self) -> None:
         self.wild = Cell()
@@ -65,6 +70,11 @@ class _Column:
         #: (other table, its column, its condition) -> results of rows that
         #: join, through this column, rows of the other table meeting it
         self.joins: dict[tuple[str, str, Any], Cell] = {}
+        #: (loose values, sort column, bounds, NULLs first) -> full LIMIT pages
+        #: of rows with one of the values (:mod:`querycache.invalidation.pages`)
+        self.pages: dict[tuple[frozenset[Any], str, Any, bool], Cell] = {}
+        #: (other table, its column, its condition column) of the join cells made
+        self.followed: set[tuple[str, str, str]] = set()
 
 
 class _Group:
@@ -102,6 +112,8 @@ class CellRegistry:
         self._killed: list[Cell] = []  # during one table's kill, for the report
         self._collect: list[tuple[Any, ...]] | None = None  # keys of killed cells, if asked
         self._table = ""
+        #: some join cell was ever made (writes then look for join lookups to do)
+        self.joins_seen = False
 
     # -- readers ---------------------------------------------------------------
     def capture(
@@ -124,16 +136,21 @@ class CellRegistry:
                 groups = s.tables.get(table)
                 if groups is None:
                     groups = s.tables[table] = {}
-                columns = fp.columns if fp is not None else None
-                group = groups.get(columns)
+                key: Any = fp.columns if fp is not None else None
+                if fp is not None and fp.filters:
+                    guards = guards_of(fp, params)
+                    if guards and ((key, guards) in groups or len(groups) < _MAX_GROUPS):
+                        key = (key, guards)
+                group = groups.get(key)
                 if group is None:
-                    group = groups[columns] = _Group()
+                    group = groups[key] = _Group()
                 if fp is None:
                     got = [group.every]
                 elif fp.conds:
                     got = _keyed(group, fp.conds, params)
                 else:
                     got = _joined(group, fp, fps, params)  # type: ignore[arg-type]
+                    self.joins_seen = self.joins_seen or len(got) > 1
                 cells.extend(got)
                 if owner is not None:
                     group.owners.add(owner)
@@ -141,6 +158,26 @@ class CellRegistry:
                         if cell.owner is None:
                             cell.owner = owner
             return tuple(cells)
+
+    def refine_page(
+        self, scope: str, snapshot: tuple[Cell, ...], footprint: Any, params: Any, rows: list[Any]
+    ) -> tuple[Cell, ...]:
+        """The cells a full ``LIMIT`` page result holds once stored: its value
+        cells swapped for a page cell (:mod:`querycache.invalidation.pages`);
+        ``snapshot`` itself when that does not apply or a cell of it died."""
+        page = footprint.page
+        fp = footprint.tables.get(page.table) if self.precise else None
+        found = _condition(fp.conds, params) if fp is not None else None
+        spec = page_spec(page, params, rows) if found is not None and found[1] == "=" else None
+        if spec is None:
+            return snapshot
+        name, _, keys = found  # type: ignore[misc]
+        with self.lock:
+            s = self._scopes.get(scope)
+            if s is None or any(c.dead for c in snapshot):
+                return snapshot
+            groups = s.tables.get(page.table, {})
+            return swap_in_page(groups.values(), snapshot, name, keys, spec, Cell)
 
     # -- writers ---------------------------------------------------------------
     def kill(
@@ -191,7 +228,30 @@ class CellRegistry:
         if not groups:
             return []
         with self.lock:
-            return sorted({c for g in groups.values() for c in g.columns})
+            keyed = {c for g in groups.values() for c in g.columns}
+            keyed.update(p[1] for g in groups.values() for c in g.columns.values() for p in c.pages)
+            for key in groups:
+                if type(key) is tuple:
+                    keyed.update(c for c, _ in key[1])
+            return sorted(keyed)
+
+    def join_specs(self, scope: str, table: str) -> list[tuple[str, str, str, str]]:
+        """``(own column, other table, its column, its condition column)`` of
+        every live join cell of ``table`` (what a join lookup could save)."""
+        s = self._scopes.get(scope)
+        groups = s.tables.get(table) if s is not None else None
+        if not groups:
+            return []
+        with self.lock:
+            return sorted(
+                {
+                    (name, *followed)
+                    for g in groups.values()
+                    for name, c in g.columns.items()
+                    if c.joins  # (not one per join cell: a write's cost stays small)
+                    for followed in c.followed
+                }
+            )
 
     def bury(self, budget: int) -> None:
         """Free up to ``budget`` cells of dropped columns."""
@@ -235,11 +295,14 @@ class CellRegistry:
     ) -> int:
         changed = image.changed if image is not None else None
         dropped = 0
-        for columns, group in groups.items():
-            if changed is not None and columns is not None and columns.isdisjoint(changed):
-                for owner in group.owners:  # the write changed no column they use
-                    owner.writes_skipped += 1
-                continue
+        for key, group in groups.items():
+            columns, guards = key if type(key) is tuple else (key, ())
+            if changed is not None and columns is not None:
+                touched = changed & columns
+                if not touched or (guards and same_truth(touched, guards, image, sqlite)):
+                    for owner in group.owners:  # the write changed no column they use
+                        owner.writes_skipped += 1  # (but filters the rows kept failing/passing)
+                    continue
             wide = bool(group.every.keys)
             self._die(group.every)
             group.every = Cell()
@@ -252,27 +315,15 @@ class CellRegistry:
                     del group.columns[name]
                     if len(column.eq) > 64:
                         self.graveyard.append(column.eq)
-                elif column.joins:
-                    self._kill_joins(column, values, sqlite, writes)
+                    if len(column.pages) > 64:
+                        self.graveyard.append(column.pages)
+                else:
+                    if column.joins:
+                        kill_joins(self._die, column.joins, values, sqlite, writes, image)
+                    if column.pages:
+                        kill_pages(self._die, column.pages, values, image, sqlite)
             dropped += self._account(group, wide)
         return dropped
-
-    def _kill_joins(
-        self, column: _Column, values: list[Any], sqlite: bool, writes: dict[str, Image | None]
-    ) -> None:
-        """Rows written with ``values`` in the join column meet the other
-        table's condition only through rows of it this same commit wrote, with
-        values known: otherwise they may."""
-        keys = {loose(v) for v in values}
-        for spec in list(column.joins):
-            other, other_column, (cond_column, how, arg) = spec
-            target = writes.get(other)
-            known = target.values.get(other_column) if target is not None else None
-            if known is not None and None not in keys and keys <= {loose(v) for v in known}:
-                candidates = target.values.get(cond_column)  # type: ignore[union-attr]
-                if candidates is not None and not _may_meet(candidates, how, arg, sqlite):
-                    continue
-            self._die(column.joins.pop(spec))
 
     def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
         """Kill the cells ``values`` may fall in; False if one cannot be keyed."""
@@ -291,13 +342,6 @@ class CellRegistry:
         return True
 
 
-def _may_meet(values: list[Any], how: str, arg: Any, sqlite: bool) -> bool:
-    if how == "=":
-        keys = [loose(v) for v in values]
-        return any(k is None or k in arg for k in keys)
-    return any(in_range(v, arg, sqlite) for v in values)
-
-
 def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
     """The first usable condition of ``conds`` bound to ``params``:
     ``(column, "=", frozenset of loose keys)`` or ``(column, "range", bounds)``."""
@@ -314,7 +358,7 @@ def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
                 return cond.column, "=", frozenset(keys)
     by_column: dict[str, list[tuple[str, Any]]] = {}
     for cond in conds:
-        if cond.op == "=":
+        if cond.op == "=" or cond.op == "!=":
             continue
         v = value_of(cond.values[0], params)
         if missing(v) or type(v) not in _RANGED:
@@ -340,6 +384,7 @@ def _joined(group: _Group, fp: Any, fps: dict[str, Any], params: Any) -> list[Ce
         cell = column.joins.get(spec)
         if cell is None:
             cell = column.joins[spec] = Cell()
+            column.followed.add((other, other_column, found[0]))
         return [column.wild, cell]
     return [group.every]
 

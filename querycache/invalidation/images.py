@@ -131,11 +131,23 @@ class Image:
     values may have changed (``None``: any — every insert and delete).
     """
 
-    __slots__ = ("changed", "values")
+    __slots__ = ("changed", "facts", "values", "wants")
 
-    def __init__(self, values: dict[str, list[Any]], changed: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        values: dict[str, list[Any]],
+        changed: frozenset[str] | None,
+        facts: Any = None,
+        wants: frozenset[tuple[str, str, str, str]] | None = None,
+    ) -> None:
         self.values = values
         self.changed = changed
+        #: join lookups (:mod:`querycache.integration.lookups`): per ``(other
+        #: table, its join column, its condition column)``, the loose join keys
+        #: found there and their rows' condition values
+        self.facts: dict[tuple[str, str, str], tuple[frozenset[Any], list[Any]]] | None = facts
+        #: the lookups to do at commit: ``(own column, other table, ...)``
+        self.wants = wants
 
     def merge(self, other: Image) -> Image:
         """Both writes' rows: a column known only if known in both."""
@@ -144,7 +156,16 @@ class Image:
             changed = None
         else:
             changed = self.changed | other.changed
-        return Image(values, changed)
+        facts = self.facts
+        if other.facts:  # facts describe the other table's rows: any write's hold
+            facts = dict(facts or {})
+            for k, (keys, vals) in other.facts.items():
+                mine = facts.get(k)
+                facts[k] = (keys, vals) if mine is None else (mine[0] | keys, mine[1] + vals)
+        wants = self.wants
+        if other.wants:
+            wants = other.wants | (wants or frozenset())
+        return Image(values, changed, facts, wants)
 
     def __repr__(self) -> str:
         return f"Image(values={self.values!r}, changed={self.changed!r})"
@@ -222,7 +243,7 @@ class PendingKeys:
             if not got or any(v is None for v in got):
                 return self.image  # not generated or not read back: unknown
             values[column] = got
-        return Image(values, self.image.changed)
+        return Image(values, self.image.changed, self.image.facts, self.image.wants)
 
 
 def merge_parts(parts: list[Any]) -> Image | None:
