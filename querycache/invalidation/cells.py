@@ -273,18 +273,23 @@ class CellRegistry:
             self.dead.append(cell)
             self._killed.append(cell)
 
-    def _account(self, group: _Group, wide: bool) -> int:
-        """Count, per statement using ``group``, whether this write dropped
+    def _account(self, group: _Group, wide: bool, verdicts: dict[Any, bool]) -> int:
+        """Note, per statement using ``group``, whether this write dropped
         some of its entries (all of them if ``wide``: every or a wildcard)."""
         killed, self._killed = self._killed, []
         hit = {c.owner for c in killed}
         for owner in group.owners:
-            if wide or owner in hit:
+            verdicts[owner] = verdicts.get(owner, False) or wide or owner in hit
+        return sum(len(c.keys) for c in killed)
+
+    def _count(self, verdicts: dict[Any, bool]) -> None:
+        """Once per write and statement (a statement may use several groups)."""
+        for owner, dropping in verdicts.items():
+            if dropping:
                 owner.writes_dropping += 1
                 owner.invalidated_by[self._table] += 1
             else:
                 owner.writes_skipped += 1
-        return sum(len(c.keys) for c in killed)
 
     def _kill_table(
         self,
@@ -295,13 +300,14 @@ class CellRegistry:
     ) -> int:
         changed = image.changed if image is not None else None
         dropped = 0
+        verdicts: dict[Any, bool] = {}
         for key, group in groups.items():
             columns, guards = key if type(key) is tuple else (key, ())
             if changed is not None and columns is not None:
                 touched = changed & columns
                 if not touched or (guards and same_truth(touched, guards, image, sqlite)):
                     for owner in group.owners:  # the write changed no column they use
-                        owner.writes_skipped += 1  # (but filters the rows kept failing/passing)
+                        verdicts.setdefault(owner, False)  # (or filters kept their truth)
                     continue
             wide = bool(group.every.keys)
             self._die(group.every)
@@ -322,7 +328,8 @@ class CellRegistry:
                         kill_joins(self._die, column.joins, values, sqlite, writes, image)
                     if column.pages:
                         kill_pages(self._die, column.pages, values, image, sqlite)
-            dropped += self._account(group, wide)
+            dropped += self._account(group, wide, verdicts)
+        self._count(verdicts)
         return dropped
 
     def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
