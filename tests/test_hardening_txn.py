@@ -396,3 +396,37 @@ def test_raw_connection_writes_need_invalidate(run, driver):
         assert env.calls() == n
 
     run(driver, body)
+
+
+def test_sqlite_release_of_an_outermost_savepoint_commits(tmp_path):
+    """pysqlite sends no BEGIN: a SAVEPOINT opens the transaction and its RELEASE
+    commits it; readers on other connections must see the write at once."""
+    from sqlalchemy import create_engine, text
+
+    from querycache import QueryCache
+
+    url = f"sqlite:///{tmp_path / 'sp.db'}"
+    plain, cached = create_engine(url), create_engine(url)
+    cache = QueryCache()
+    cache.wrap(cached)
+    with plain.begin() as c:
+        c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, g INTEGER)"))
+        c.execute(text("INSERT INTO t VALUES (1, 0), (2, 1)"))
+    q = "SELECT g, count(*) FROM t GROUP BY g ORDER BY g"
+
+    def read(engine):
+        with engine.connect() as c:
+            return [tuple(r) for r in c.execute(text(q))]
+
+    assert read(cached) == read(plain) == [(0, 1), (1, 1)]
+    assert read(cached) == [(0, 1), (1, 1)]  # now cached
+    conn = cached.connect()
+    sp = conn.begin_nested()
+    conn.execute(text("UPDATE t SET g = 1 WHERE g = 0"))
+    sp.commit()  # RELEASE: SQLite committed
+    try:
+        assert read(plain) == [(1, 2)]
+        assert read(cached) == read(plain)
+    finally:
+        conn.close()
+        cache.close()

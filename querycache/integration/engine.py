@@ -571,6 +571,7 @@ def attach(core: QueryCache, engine: Engine) -> EngineBinding:
     original_commit = dialect.do_commit
     original_rollback = dialect.do_rollback
     original_to_savepoint = dialect.do_rollback_to_savepoint
+    original_release = dialect.do_release_savepoint
     pg = dialect.name == "postgresql"
 
     def do_commit(dbapi_connection: Any) -> None:
@@ -595,7 +596,17 @@ def attach(core: QueryCache, engine: Engine) -> EngineBinding:
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    def do_release_savepoint(connection: Any, name: str) -> None:
+        original_release(connection, name)
+        # SQLite: a SAVEPOINT outside BEGIN opened the transaction, and its
+        # RELEASE committed it (pysqlite sends no BEGIN): that is a commit
+        fairy = connection._dbapi_connection
+        if fairy is not None and in_transaction(fairy) is False:
+            guarded(core, "commit", binding.apply_pending, fairy)
+            guarded(core, "commit", transaction_ended, info_of(fairy))
+
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
+    dialect.do_release_savepoint = do_release_savepoint  # type: ignore[method-assign]
     attach_twophase(core, binding, dialect)
 
     @event.listens_for(engine, "handle_error")
