@@ -280,10 +280,15 @@ def test_redis_fault_mid_workload_is_invisible_and_never_stale(shop, server, fau
         assert degraded, "no degraded period in the reports"
         writer_periods = caches[0].report().as_dict()["degraded"]
         assert writer_periods, "the writing cache reported no degraded period"
-        p = writer_periods[0]
-        assert {"start", "end", "seconds", "reason"} <= set(p)
-        assert down_wall - 0.5 <= p["start"] <= up_wall
-        assert p["end"] >= up_wall - 0.05 and p["seconds"] > 0
+        for p in writer_periods:
+            assert {"start", "end", "seconds", "reason"} <= set(p)
+        # A loaded machine can doubt the channel before the fault too (a reply
+        # later than redis_timeout is a sign of a stall): find the fault's period.
+        during = [p for p in writer_periods if p["end"] >= up_wall - 0.05]
+        assert during, f"no degraded period reaches the recovery: {writer_periods}"
+        p = during[0]
+        assert down_wall - 0.5 <= p["start"] <= up_wall, writer_periods
+        assert p["seconds"] > 0
     finally:
         close_all(caches)
 
