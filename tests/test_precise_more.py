@@ -282,6 +282,27 @@ def test_guard_keeps_rows_that_stay_on_one_side(run):
     run(body)
 
 
+def test_rows_outside_a_guard_change_nothing(run):
+    """A write whose every row fails a guard before and after (old and new
+    values) keeps the result, whatever other column it changes."""
+    q = select(func.sum(O.c.total).label("q_out")).where(O.c.status == "paid")
+
+    def body(c: Ctx) -> None:
+        c.check("q_out", q, None, 1)
+        c.write(update(O).where(O.c.id == 6).values(total=999))  # order 6 is cancelled
+        c.check("q_out", q, None, 0)
+        c.write(delete(O).where(O.c.id == 10))  # cancelled too
+        c.check("q_out", q, None, 0)
+        c.write(insert(O).values(order(120, 2, "cancelled", 3, 5)))
+        c.check("q_out", q, None, 0)
+        c.write(update(O).where(O.c.id == 6).values(status="paid"))  # enters the filter
+        c.check("q_out", q, None, 1)
+        c.write(update(O).where(O.c.id == 7).values(total=1))  # order 7 is paid
+        c.check("q_out", q, None, 1)
+
+    run(body)
+
+
 # -- SQLAlchemy's insertmanyvalues (ORM flush of several rows) ------------------------------
 
 

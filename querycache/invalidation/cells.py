@@ -33,7 +33,7 @@ from itertools import islice
 from typing import Any
 
 from querycache.analysis.footprints import ReadFootprint
-from querycache.invalidation.guards import guards_of, same_truth
+from querycache.invalidation.guards import guards_of, outside, same_truth
 from querycache.invalidation.images import Image, in_range, loose, missing, value_of
 from querycache.invalidation.joins import kill_joins
 from querycache.invalidation.pages import kill_pages, page_spec, swap_in_page
@@ -303,6 +303,10 @@ class CellRegistry:
         verdicts: dict[Any, bool] = {}
         for key, group in groups.items():
             columns, guards = key if type(key) is tuple else (key, ())
+            if guards and image is not None and outside(guards, image, sqlite):
+                for owner in group.owners:  # no row it touched passes their filter
+                    verdicts.setdefault(owner, False)
+                continue
             if changed is not None and columns is not None:
                 touched = changed & columns
                 if not touched or (guards and same_truth(touched, guards, image, sqlite)):

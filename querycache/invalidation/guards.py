@@ -17,9 +17,9 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from querycache.invalidation.images import in_range, loose, missing, value_of
+from querycache.invalidation.images import NULL, in_range, loose, missing, value_of
 
-__all__ = ["guards_of", "same_truth"]
+__all__ = ["guards_of", "outside", "same_truth"]
 
 _RANGED = frozenset({int, float, Decimal, str, dt.date, dt.datetime})
 
@@ -93,3 +93,24 @@ def same_truth(touched: Any, guards: Any, image: Any, sqlite: bool) -> bool:
         if len(truths) != 1 or None in truths:
             return False
     return True
+
+
+def outside(guards: Any, image: Any, sqlite: bool) -> bool:
+    """Whether some guard fails for every value of the image (old and new,
+    every row): then no row the write touched passes the statement's filter
+    on this table before the write or after it, so none entered, left or
+    changed its result, whatever else the write changed."""
+    values_of = image.values
+    for c, tests in guards:
+        values = values_of.get(c)
+        if not values:
+            continue
+        for v in values:
+            if v is None:
+                if any(op == "=" and NULL in arg for op, arg in tests):
+                    break  # IS NULL may pass
+            elif _truth(v, tests, sqlite) is not False:
+                break
+        else:
+            return True
+    return False
