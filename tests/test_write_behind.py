@@ -414,3 +414,30 @@ def test_redis_journal_shared_by_two_queues(tmp_path, redis_server):
         q.close()
         c.close()
         e.dispose()
+
+
+def test_journal_form_compiles_a_shape_once_and_binds_each_statements_values():
+    """The compiled form is reused per statement shape (SQLAlchemy's cache key):
+    every record still carries its own statement's values, and shapes whose
+    SQL depends on the values (an expanding IN) are compiled every time."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from querycache.queues import statements
+
+    for dialect in (postgresql.psycopg.dialect(), sqlite.dialect()):
+        fresh = []
+        for i in (1, 2, 3):
+            stmts = [
+                update(items).where(items.c.id == i).values(v=items.c.v + i),
+                insert(items).values(id=i, v=i * 10, name=f"x{i}"),
+                text("UPDATE items SET v = :v WHERE id = :i").bindparams(v=i, i=i + 1),
+                delete(items).where(items.c.id.in_(list(range(i)))),
+            ]
+            for s in stmts:
+                got = statements.journal_form(s, dialect)
+                statements._COMPILED.clear()  # the same statement compiled from scratch
+                want = statements.journal_form(s, dialect)
+                assert (got.sql, got.params) == (want.sql, want.params)
+                fresh.append(got.params)
+                statements.journal_form(s, dialect)  # leave the shape cached again
+        assert len({repr(p) for p in fresh}) == len(fresh)  # each its own values
