@@ -87,11 +87,14 @@ class _Group:
 
 
 class _Scope:
-    __slots__ = ("epoch", "tables")
+    __slots__ = ("epoch", "join_specs", "tables")
 
     def __init__(self) -> None:
         self.epoch = Cell()
         self.tables: dict[str, dict[frozenset[str] | None, _Group]] = {}
+        #: per table, :meth:`CellRegistry.join_specs` as last computed; dropped
+        #: when a join cell of the table is made or may have gone
+        self.join_specs: dict[str, list[tuple[str, str, str, str]]] = {}
 
 
 class CellRegistry:
@@ -114,6 +117,7 @@ class CellRegistry:
         self._table = ""
         #: some join cell was ever made (writes then look for join lookups to do)
         self.joins_seen = False
+        self._joins_changed = False  # during one table's kill
 
     # -- readers ---------------------------------------------------------------
     def capture(
@@ -150,7 +154,9 @@ class CellRegistry:
                     got = _keyed(group, fp.conds, params)
                 else:
                     got = _joined(group, fp, fps, params)  # type: ignore[arg-type]
-                    self.joins_seen = self.joins_seen or len(got) > 1
+                    if len(got) > 1:
+                        self.joins_seen = True
+                        s.join_specs.pop(table, None)
                 cells.extend(got)
                 if owner is not None:
                     group.owners.add(owner)
@@ -212,6 +218,9 @@ class CellRegistry:
                 self._table = table  # for the report (_account)
                 image = image if self.precise else None
                 dropped[table] = self._kill_table(groups, image, scope.startswith("sqlite"), writes)
+                if self._joins_changed:
+                    s.join_specs.pop(table, None)
+                    self._joins_changed = False
         return dropped
 
     def kill_all(self) -> None:
@@ -243,15 +252,18 @@ class CellRegistry:
         if not groups:
             return []
         with self.lock:
-            return sorted(
-                {
-                    (name, *followed)
-                    for g in groups.values()
-                    for name, c in g.columns.items()
-                    if c.joins  # (not one per join cell: a write's cost stays small)
-                    for followed in c.followed
-                }
-            )
+            known = s.join_specs.get(table)  # type: ignore[union-attr]
+            if known is None:
+                known = s.join_specs[table] = sorted(  # type: ignore[union-attr]
+                    {
+                        (name, *followed)
+                        for g in groups.values()
+                        for name, c in g.columns.items()
+                        if c.joins  # (not one per join cell: a write's cost stays small)
+                        for followed in c.followed
+                    }
+                )
+            return known
 
     def bury(self, budget: int) -> None:
         """Free up to ``budget`` cells of dropped columns."""
@@ -320,6 +332,8 @@ class CellRegistry:
                 column = group.columns[name]
                 values = image.values.get(name) if image is not None else None
                 if values is None or not self._kill_values(column, values, sqlite):
+                    if column.joins:
+                        self._joins_changed = True
                     wide = wide or bool(column.wild.keys)
                     self._die(column.wild)  # every cell of the column with it
                     del group.columns[name]
@@ -330,6 +344,7 @@ class CellRegistry:
                 else:
                     if column.joins:
                         kill_joins(self._die, column.joins, values, sqlite, writes, image)
+                        self._joins_changed = self._joins_changed or not column.joins
                     if column.pages:
                         kill_pages(self._die, column.pages, values, image, sqlite)
             dropped += self._account(group, wide, verdicts)

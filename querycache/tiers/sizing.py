@@ -119,9 +119,19 @@ def measure(rows: list[tuple[Any, ...]]) -> tuple[int, bool]:
     for row in rows:
         part += _getsizeof(row)
         for v in row:
-            if type(v) not in IMMUTABLE and not _shareable(v):
-                mutable = True
-            part += value_size(v)
+            t = type(v)  # the common types inline: this loop is on every miss
+            if t is int:
+                if not -5 <= v <= 256:
+                    part += _getsizeof(v)
+            elif t is str:
+                if len(v) > 1 or not v.isascii():
+                    part += _getsizeof(v)
+            elif t is float or t is datetime.datetime:
+                part += _getsizeof(v)
+            elif t not in _FREE:
+                if t not in IMMUTABLE and not _shareable(v):
+                    mutable = True
+                part += value_size(v)
     return part, mutable
 
 
