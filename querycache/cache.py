@@ -363,8 +363,14 @@ class QueryCache:
         message to the other processes; then the other caches of this process
         on ``scope`` (:mod:`.invalidation.local`).
         """
-        jobs = self._apply_scope(scope, tables, is_async, images)
-        local.forward(self, scope, tables, is_async, images)
+        tables, writes = self._widen(scope, tables, images)
+        jobs = self._apply_writes(scope, tables, writes, is_async)
+        # forward what was applied here, widened by this cache's catalog (it
+        # ran the statement, after rereading its catalog for any DDL it ran);
+        # another cache's catalog may predate that DDL. Each receiver widens
+        # again with its own, and trusts only the images trusted here.
+        trusted = {t: i for t, i in writes.items() if i is not None} if writes else None
+        local.forward(self, scope, tables, is_async, trusted or None)
         if jobs:
             self.refresher.wait(jobs, is_async)
 
@@ -375,6 +381,15 @@ class QueryCache:
         is_async: bool | None,
         images: Mapping[str, Any] | None = None,
     ) -> Any:
+        tables, writes = self._widen(scope, tables, images)
+        return self._apply_writes(scope, tables, writes, is_async)
+
+    def _widen(
+        self, scope: str, tables: frozenset[str] | None, images: Mapping[str, Any] | None
+    ) -> tuple[frozenset[str] | None, dict[str, Any] | None]:
+        """``tables`` plus what writing them also writes (views, this cache's
+        catalog; None: everything), and the writes to apply: per table its
+        image where nothing hidden widens the write, else None."""
         written = tables
         catalog = self.catalogs.get(scope)
         if tables is not None:
@@ -391,6 +406,15 @@ class QueryCache:
                 for t, image in images.items():
                     if t in writes and t not in hidden:
                         writes[t] = image
+        return tables, writes
+
+    def _apply_writes(
+        self,
+        scope: str,
+        tables: frozenset[str] | None,
+        writes: dict[str, Any] | None,
+        is_async: bool | None,
+    ) -> Any:
         refreshable: list[Any] | None = [] if self.refresher.armed else None
         dropped = self.memory.invalidate(scope, writes, refreshable)
         entries = self.memory.entries_of

@@ -23,6 +23,16 @@ binding moves to the application's cache, which then works as without the
 plugin (while enabled, all caches intern connection identities in one table,
 so the move keeps every connection's identity valid).
 
+A test marked ``@pytest.mark.querycache_plugin_off`` (with an optional
+reason) runs as without the plugin: while it runs (its setup and teardown
+included) engines are not wrapped, engines created earlier and first used then
+are left alone, and the caches it creates are its own. It is for tests whose
+premise the plugin breaks: a write "behind the cache's back" through a second
+engine (the plugin would wrap that engine, and its commits invalidate), a
+database-wide count of executions (the plugin's caches run catalog queries),
+a write from another process (the plugin's caches have no Redis to hear it).
+The summary counts them.
+
 Options: ``--querycache-verify=RATE`` (ini ``querycache_verify``), the
 fraction of hits checked (below 1, unchecked hits are served from the cache);
 ``--querycache-ttl=SECONDS`` (ini ``querycache_ttl``).
@@ -62,7 +72,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("querycache_ttl", "entry TTL in seconds (default 300)", default="300")
 
 
+_OFF = "querycache_plugin_off"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # registered even when disabled: --strict-markers must accept it either way
+    config.addinivalue_line(
+        "markers",
+        f"{_OFF}(reason=None): run this test without the querycache pytest plugin",
+    )
     enabled = config.getoption("querycache") or config.getini("querycache")
     if not enabled:
         return
@@ -93,14 +111,18 @@ class QueryCachePlugin:
         self._original: Any = None
         self._idents: Any = None
         self._wrap: Any = None
+        self._shared = Idents()  # one table across reinstalls (see hand_over)
+        self.off = False
+        self.opted_out: list[tuple[str, str]] = []
 
     # -- lifecycle -----------------------------------------------------------
     def install(self) -> None:
         """Hook engine creation (``Dialect.engine_created``, which every
-        ``create_engine`` calls) and start tallying verdicts."""
+        ``create_engine`` calls) and ``QueryCache`` (one identity table for
+        all caches, ``wrap`` hands engines over); undone by :meth:`uninstall`."""
         from querycache import cache as cache_module
 
-        shared = Idents()
+        shared = self._shared
         self._idents = cache_module.Idents
         cache_module.Idents = lambda: shared  # type: ignore[assignment,misc]
         self._wrap = cache_module.QueryCache.wrap
@@ -112,7 +134,12 @@ class QueryCachePlugin:
             binding = None
             if isinstance(sync, Engine):  # anything else: wrap() raises its TypeError
                 binding = getattr(sync.dialect.execution_ctx_cls, "_qc", None)
-            if binding is not None and binding.core is not cache and binding.core in plugin.caches:
+            if (
+                binding is not None
+                and binding.core is not cache
+                and binding.core in plugin.caches
+                and cache.idents is shared  # not a cache made while the plugin was off
+            ):
                 plugin.hand_over(binding, sync, cache)
                 return engine
             return original_wrap(cache, engine)
@@ -128,16 +155,36 @@ class QueryCachePlugin:
 
         Dialect.engine_created = classmethod(engine_created)  # type: ignore[method-assign,assignment]
 
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
+    def uninstall(self) -> None:
+        """Restore what :meth:`install` replaced."""
         from querycache import cache as cache_module
 
+        if self._original is None:
+            return
         cache_module.Idents = self._idents  # type: ignore[misc]
         cache_module.QueryCache.wrap = self._wrap  # type: ignore[method-assign]
-        if self._original is not None:
-            Dialect.engine_created = self._original  # type: ignore[method-assign]
-            self._original = None
+        Dialect.engine_created = self._original  # type: ignore[method-assign]
+        self._original = None
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.uninstall()
         for cache in self.caches:
             cache.close()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Any) -> Any:
+        marker = item.get_closest_marker(_OFF)
+        if marker is None:
+            return (yield)
+        reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+        self.opted_out.append((item.nodeid, str(reason)))
+        self.uninstall()
+        self.off = True
+        try:
+            return (yield)
+        finally:
+            self.off = False
+            self.install()
 
     # -- wrapping ------------------------------------------------------------
     def created(self, engine: Engine) -> None:
@@ -149,6 +196,8 @@ class QueryCachePlugin:
         plugin = self
 
         def first_connect(conn: Any) -> None:
+            if plugin.off:
+                return  # first used by a test that opted out: left alone
             binding = plugin.wrap(engine)
             fairy = conn._dbapi_connection
             if binding is not None and type(conn) is not engine._connection_cls:
@@ -240,6 +289,10 @@ class QueryCachePlugin:
         )
         terminalreporter.write_sep("-", "querycache verify")
         terminalreporter.write_line(line, red=bool(t.mismatches), green=not t.mismatches)
+        if self.opted_out:
+            terminalreporter.write_line(
+                f"  {len(self.opted_out)} tests ran without the plugin ({_OFF})"
+            )
         if reasons:
             top = ", ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
             terminalreporter.write_line(f"  most bypassed because: {top}")

@@ -75,6 +75,9 @@ def test_wrap_and_ddl_read_no_catalog_until_a_statement_needs_it(url: str) -> No
         plain.dispose()
 
 
+@pytest.mark.querycache_plugin_off(
+    reason="counts catalog reads database-wide; the plugin's cache on the plain engine reads it too"
+)
 def test_create_table_with_cascade_updates_the_catalog_without_a_read(url: str) -> None:
     plain, engine, counter, cache = _engines(url)
     dialect = engine.dialect.name
@@ -174,5 +177,39 @@ def test_a_default_calling_a_function_of_the_database_is_read_from_the_catalog(
         assert _both(plain, engine, q) == [(1,)]
     finally:
         cache.close()
+        engine.dispose()
+        plain.dispose()
+
+
+def test_ddl_through_one_cache_widens_what_it_forwards_to_another(pg_url: str) -> None:
+    """Two caches of one process on one database: DDL through the first adds a
+    DEFAULT that writes ``tally``; the second's catalog was read before it. The
+    first's INSERT must reach the second as a write to ``tally`` too (the
+    second's own catalog would not say so)."""
+    plain, engine, _counter, cache = _engines(pg_url)
+    other = QueryCache()
+    second = other.wrap(create_engine(pg_url))
+    try:
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER)"))
+            c.execute(text("INSERT INTO tally VALUES (1, 0)"))
+            c.execute(
+                text(
+                    "CREATE FUNCTION bump() RETURNS integer LANGUAGE sql AS "
+                    "$$ UPDATE tally SET n = n + 1 WHERE id = 1 RETURNING n $$"
+                )
+            )
+        q = "SELECT n FROM tally WHERE id = 1"
+        assert _both(plain, second, q) == [(0,)]
+        assert _both(plain, second, q) == [(0,)]  # stored, its catalog read
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE item (id INTEGER PRIMARY KEY, k INTEGER DEFAULT bump())"))
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO item (id) VALUES (1)"))  # the default writes tally
+        assert _both(plain, second, q) == [(1,)]
+    finally:
+        cache.close()
+        other.close()
+        second.dispose()
         engine.dispose()
         plain.dispose()

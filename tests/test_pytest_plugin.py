@@ -8,6 +8,10 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+# these tests run pytest sessions inside this process: an outer session's plugin
+# (this suite run with --querycache) would wrap their engines and count their mismatches
+pytestmark = pytest.mark.querycache_plugin_off(reason="runs nested pytest sessions")
+
 APP = """
 import sqlite3
 from sqlalchemy import create_engine, text
@@ -161,3 +165,72 @@ def test_late_wrap(tmp_path):
     result = pytester.runpytest(*PLUGIN, "--querycache")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*querycache: 0 engines wrapped*0 mismatches*"])
+
+
+OPT_OUT = """
+import pytest
+from app import make, read
+
+@pytest.mark.querycache_plugin_off(reason="writes behind the cache's back")
+def test_off(tmp_path):
+    e, path = make(tmp_path)
+    read(e)
+    assert getattr(e.dialect.execution_ctx_cls, "_qc", None) is None
+
+def test_on_again(tmp_path):
+    e, _ = make(tmp_path)
+    read(e)
+    assert getattr(e.dialect.execution_ctx_cls, "_qc", None) is not None
+"""
+
+
+def test_a_marked_test_runs_without_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(app=APP, test_app=OPT_OUT)
+    pytester.makepyfile(
+        test_raw=BEHIND_THE_BACK.replace(
+            "def test_raw_write", "@pytest.mark.querycache_plugin_off\ndef test_raw_write"
+        ).replace("import sqlite3", "import sqlite3\nimport pytest")
+    )
+    result = pytester.runpytest(*PLUGIN, "--querycache", "--strict-markers")
+    result.assert_outcomes(passed=3)
+    assert result.ret == 0  # the raw write's test was not checked
+    result.stdout.fnmatch_lines(
+        [
+            "*querycache: 1 engines wrapped*0 mismatches*",
+            "*2 tests ran without the plugin (querycache_plugin_off)*",
+        ]
+    )
+
+
+def test_the_marker_is_known_when_the_plugin_is_disabled(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(app=APP, test_app=OPT_OUT.replace("is not None", "is None"))
+    result = pytester.runpytest(*PLUGIN, "--strict-markers")
+    result.assert_outcomes(passed=2)
+
+
+def test_an_engine_created_before_a_marked_test_and_first_used_in_it_is_left_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(app=APP)
+    pytester.makepyfile(
+        test_mod="""
+import pytest
+from sqlalchemy import create_engine, text
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return create_engine(f"sqlite:///{tmp_path_factory.mktemp('m') / 'm.db'}")
+
+def test_create(engine):
+    pass  # created (with the plugin on), not connected
+
+@pytest.mark.querycache_plugin_off
+def test_first_use(engine):
+    with engine.connect() as c:
+        c.execute(text("SELECT 1")).all()
+    assert getattr(engine.dialect.execution_ctx_cls, "_qc", None) is None
+"""
+    )
+    result = pytester.runpytest(*PLUGIN, "--querycache")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*querycache: 0 engines wrapped*"])
