@@ -265,6 +265,7 @@ class PostgresServer:
             "shared_buffers": "128MB",
             "shared_preload_libraries": "pg_stat_statements",
             "pg_stat_statements.track": "all",
+            "pg_stat_statements.max": "50000",  # a long session keeps every count
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.dir),
             **(settings or {}),

@@ -647,3 +647,59 @@ def test_async_hits_hand_out_values_of_their_own(dbs: Dbs) -> None:
     truth = asyncio.run(run(False))
     assert len(set(truth)) == 1
     assert asyncio.run(run(True)) == truth
+
+
+def test_options_named_by_tuples_pass_through(tmp_path: Path) -> None:
+    """The ORM's ``subqueryload`` names an execution option with a tuple: the
+    hit path and the option checks must let it through (they once called
+    ``str.startswith`` on it), and the result equal the plain engine's."""
+    from sqlalchemy import ForeignKey, create_engine, select
+    from sqlalchemy.orm import (
+        DeclarativeBase,
+        Session,
+        mapped_column,
+        relationship,
+        subqueryload,
+    )
+
+    from querycache import QueryCache
+
+    class Base(DeclarativeBase):
+        pass
+
+    class User(Base):
+        __tablename__ = "tuple_users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        addresses: Mapped[list[Address]] = relationship()
+
+    class Address(Base):
+        __tablename__ = "tuple_addresses"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        user_id: Mapped[int] = mapped_column(ForeignKey("tuple_users.id"))
+
+    url = f"sqlite:///{tmp_path / 'tuple.db'}"
+    plain = create_engine(url)
+    Base.metadata.create_all(plain)
+    with Session(plain) as s:
+        s.add_all([User(id=1, addresses=[Address(id=1), Address(id=2)]), User(id=2)])
+        s.commit()
+    cache = QueryCache()
+    engine = cache.wrap(create_engine(url))
+    counter = counter_for(engine)
+    stmt = select(User).options(subqueryload(User.addresses)).order_by(User.id)
+
+    def read(e: Any) -> list[Any]:
+        with Session(e) as s:
+            return [(u.id, sorted(a.id for a in u.addresses)) for u in s.scalars(stmt).all()]
+
+    try:
+        want = read(plain)
+        assert read(engine) == want
+        n = counter.count("tuple_addresses")
+        assert read(engine) == want
+        assert counter.count("tuple_addresses") == n  # the second time, served from memory
+        assert cache.report().as_dict()["totals"]["errors"] == 0
+    finally:
+        counter.close()
+        cache.close()
+        plain.dispose()

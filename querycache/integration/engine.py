@@ -131,8 +131,10 @@ class EngineBinding(WritePath):
         Options of ours, an isolation level or an ORM capture send the
         execution to :meth:`before`, which validates and applies them.
         """
-        for name in opts:
-            if name.startswith(("querycache", "_querycache", "isolation_level")):
+        for name in opts:  # (the ORM's subqueryload names an option with a tuple)
+            if type(name) is str and name.startswith(
+                ("querycache", "_querycache", "isolation_level")
+            ):
                 return False
         return True
 
@@ -147,7 +149,7 @@ class EngineBinding(WritePath):
 
     def check_options(self, opts: Mapping[str, Any]) -> None:
         for name in opts:
-            if name.startswith("querycache") and name not in _OPTIONS:
+            if type(name) is str and name.startswith("querycache") and name not in _OPTIONS:
                 raise OptionError(
                     f"unknown execution option {name!r}; querycache knows "
                     f"'querycache' (bool), 'querycache_ttl' (seconds > 0), "
