@@ -15,6 +15,7 @@ values Python compares exactly).
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,7 +25,11 @@ import pytest
 from dbcount import counter_for
 from sqlalchemy import create_engine, text
 
-from querycache import QueryCache
+from querycache import QueryCache, analyze
+from querycache.integration.columns import read_kinds
+from querycache.invalidation.cells import CellRegistry
+from querycache.invalidation.exact import OPAQUE, TEXT
+from querycache.invalidation.images import bind_write
 
 
 class Env:
@@ -338,3 +343,76 @@ def test_untyped_string_in_a_where_pins_nothing(pg: Env) -> None:
     pg.read(flag, {"b": True}, "q_pin", 0)
     pg.write("UPDATE cw SET x = 11 WHERE b = :b", {"b": "yes"}, autocommit=True)
     assert pg.read(flag, {"b": True}, "q_pin", 1) == [(11,)]
+
+
+# -- what only the catalog tells ------------------------------------------------------------
+
+
+def killed(scope: str, read: str, params: Any, write: str, row: Any, kinds: Any) -> bool:
+    """Whether a committed ``write`` with ``row`` kills the cells of ``read``
+    with ``params`` (the write's image bound with the catalog's ``kinds``)."""
+    dialect = "sqlite" if scope.startswith("sqlite") else "postgresql"
+    footprint, spec = analyze(read, dialect).footprint, analyze(write, dialect).footprint
+    registry = CellRegistry()
+    cells = registry.capture(scope, (spec.table,), footprint, params)
+    registry.kill(scope, {spec.table: bind_write(spec, [row], kinds)})
+    return any(c.dead for c in cells[1:])  # (not the epoch)
+
+
+def test_catalog_kinds_on_postgres(pg: Env) -> None:
+    pg.ddl(
+        "CREATE COLLATION qc_ci"
+        " (provider = icu, locale = 'und-u-ks-level1', deterministic = false)",
+        "CREATE DOMAIN qc_hundreds AS numeric(3, -2)",
+        'CREATE TABLE ck (id int, a text COLLATE qc_ci, b numeric(3, -2), c "char", d name,'
+        " e qc_hundreds, f numeric(5, 2), g text)",
+    )
+    raw = pg.plain.raw_connection()
+    try:
+        kinds = read_kinds(raw.driver_connection, "postgresql")
+        cursor = raw.driver_connection.cursor()
+        cursor.execute(
+            "INSERT INTO ck (id, a, b) VALUES (1, %(a)s::VARCHAR, %(b)s)", {"a": "é", "b": 60}
+        )
+        cursor.execute("SELECT id FROM ck WHERE b = 100 AND a = %(a)s::VARCHAR", {"a": "E"})
+        assert cursor.fetchall() == [(1,)]  # 60 is stored as 100; 'é' equals 'E'
+        raw.driver_connection.rollback()
+    finally:
+        raw.close()
+    assert kinds == {"ck": dict.fromkeys("abcde", OPAQUE)}
+    write = "INSERT INTO ck (id, a, b) VALUES (%(id)s, %(a)s::VARCHAR, %(b)s)"
+    row = {"id": 1, "a": "é", "b": 60}
+    for read, params in (
+        ("SELECT id FROM ck WHERE b = %(b)s", {"b": 100}),
+        ("SELECT id FROM ck WHERE a = %(a)s::VARCHAR", {"a": "E"}),
+    ):
+        assert not killed("pg", read, params, write, row, None)  # by value alone: stale
+        assert killed("pg", read, params, write, row, kinds["ck"])
+    # the other columns keep their precision
+    keep = ("SELECT id FROM ck WHERE id = %(i)s", {"i": 2})
+    assert not killed("pg", *keep, write, row, kinds["ck"])
+
+
+def test_catalog_kinds_on_sqlite(tmp_path: Any) -> None:
+    conn = sqlite3.connect(tmp_path / "kinds.sqlite")
+    conn.create_collation("qc_len", lambda a, b: (len(a) > len(b)) - (len(a) < len(b)))
+    conn.execute(
+        "CREATE TABLE sk (id INTEGER, s TEXT, v VARCHAR(9) COLLATE NOCASE,"
+        " r TEXT COLLATE qc_len, n NUMERIC)"
+    )
+    kinds = read_kinds(conn, "sqlite")
+    assert kinds == {"sk": {"s": TEXT, "v": TEXT, "r": OPAQUE}}
+    conn.execute("INSERT INTO sk (id, s, r) VALUES (1, 9, 'b')")
+    assert conn.execute("SELECT id FROM sk WHERE s >= 10").fetchall() == [(1,)]  # '9' >= '10'
+    assert conn.execute("SELECT id FROM sk WHERE r = 'x'").fetchall() == [(1,)]  # same length
+    conn.close()
+    write = "INSERT INTO sk (id, s, r) VALUES (?, ?, ?)"
+    row = (1, 9, "b")
+    for read, params in (
+        ("SELECT id FROM sk WHERE s >= ?", (10,)),
+        ("SELECT id FROM sk WHERE r = ?", ("x",)),
+    ):
+        assert not killed("sqlite-k", read, params, write, row, None)  # by value alone: stale
+        assert killed("sqlite-k", read, params, write, row, kinds["sk"])
+    keep = ("SELECT id FROM sk WHERE s = ?", ("10",))  # '9' is not '10', as text too
+    assert not killed("sqlite-k", *keep, write, row, kinds["sk"])

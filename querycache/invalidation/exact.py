@@ -27,11 +27,13 @@ statement itself does to its values: untyped strings, casts):
   one: a fraction may have become either neighbouring integer, a timestamp
   its day (or moved by a session time zone's offset change).
 
-Not covered by value alone (the database's catalog has to tell; see
-``docs/architecture.md``): PostgreSQL nondeterministic collations,
+Not covered by value alone: PostgreSQL nondeterministic collations,
 ``numeric`` with a negative scale, the ``"char"`` and ``name`` types; on
 SQLite, collations of the application's own, and numbers in a column of
 ``TEXT`` affinity, which SQLite stores and compares as text (``'9' >= 10``).
+The catalog tells which columns those are
+(:func:`querycache.integration.columns.read_kinds`), and :func:`adapt` makes
+an image's values of them unknown, or the text SQLite stores.
 
 Cost: a few type checks per value, once per value of a write's image and of
 a miss's footprint; nothing on the hit path.
@@ -47,7 +49,7 @@ import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["NULL", "in_range", "loose"]
+__all__ = ["NULL", "OPAQUE", "TEXT", "adapt", "in_range", "loose"]
 
 NULL = ("null",)
 _NUMERIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -244,3 +246,39 @@ def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
     except (TypeError, ArithmeticError):
         return True
     return True
+
+
+# -- what the catalog knows -------------------------------------------------------
+
+#: a column whose equality or order Python cannot reproduce: never known
+OPAQUE = "opaque"
+#: a SQLite column of TEXT affinity: a number is stored (and compared) as its text
+TEXT = "text"
+_UNKNOWN = object()
+
+
+def _as_text(v: Any) -> Any:
+    t = type(v)
+    if t is int or t is bool:
+        return str(int(v))  # what SQLite stores for an integer in a TEXT column
+    if t is float:
+        return _UNKNOWN  # its 15-digit text is SQLite's own
+    return v
+
+
+def adapt(values: dict[str, list[Any]], kinds: Any) -> dict[str, list[Any]]:
+    """An image's ``values`` as the database holds them in columns of the
+    ``kinds`` the catalog reported (column -> :data:`OPAQUE` or :data:`TEXT`):
+    an opaque column is unknown, a ``TEXT`` column's numbers become text."""
+    if not kinds:
+        return values
+    out: dict[str, list[Any]] = {}
+    for column, vals in values.items():
+        kind = kinds.get(column)
+        if kind is None:
+            out[column] = vals
+        elif kind == TEXT:
+            texts = [_as_text(v) for v in vals]
+            if _UNKNOWN not in texts:
+                out[column] = texts
+    return out

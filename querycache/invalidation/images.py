@@ -21,7 +21,7 @@ from typing import Any
 
 from querycache.analysis.footprints import Cond, WriteSpec
 from querycache.invalidation.coercion import MISSING, coerce
-from querycache.invalidation.exact import NULL, in_range, loose
+from querycache.invalidation.exact import NULL, adapt, in_range, loose
 
 __all__ = [
     "NULL",
@@ -116,13 +116,16 @@ def _pinned(pins: tuple[Cond, ...], params: Any) -> dict[str, list[Any]]:
     return out
 
 
-def bind_write(spec: WriteSpec, parameter_sets: Iterable[Any]) -> Image | None:
+def bind_write(spec: WriteSpec, parameter_sets: Iterable[Any], kinds: Any = None) -> Image | None:
     """The :class:`Image` of ``spec`` executed with each of ``parameter_sets``
-    (one for ``execute``, many for ``executemany``); ``None`` if nothing is known."""
+    (one for ``execute``, many for ``executemany``); ``None`` if nothing is known.
+    ``kinds``: the catalog's column kinds of the table (:func:`adapt`)."""
     image: Image | None = None
     for params in parameter_sets:
         for one in _images(spec, params):
             image = one if image is None else image.merge(one)
+    if image is not None and kinds:
+        image.values = adapt(image.values, kinds)
     return image
 
 
