@@ -596,7 +596,6 @@ def attach(core: QueryCache, engine: Engine) -> EngineBinding:
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
-
     def do_release_savepoint(connection: Any, name: str) -> None:
         original_release(connection, name)
         # SQLite: a SAVEPOINT outside BEGIN opened the transaction, and its
