@@ -22,6 +22,7 @@ __all__ = [
     "Cond",
     "Ctx",
     "Source",
+    "Src",
     "cond_of",
     "conjuncts",
     "markers",
@@ -30,8 +31,32 @@ __all__ = [
 ]
 
 #: ``("p", accessor)`` for a DBAPI parameter (index or name), ``("l", value)``
-#: for a literal.
+#: for a literal; made by the analysis as a :class:`Src`.
 Source = tuple[str, Any]
+_FAMILIES = {"sqlite": "sqlite", "postgres": "postgres"}
+
+
+class Src(tuple):  # type: ignore[type-arg]
+    """A :data:`Source` that also carries ``how`` the database reads its value:
+    ``(family, casts)`` (:func:`querycache.invalidation.coercion.coerce`).
+    Equal to the plain pair, so that it reads (and compares) as one."""
+
+    how: tuple[str, tuple[tuple[str, Any], ...]]
+
+    def __new__(cls, kind: str, ref: Any, how: Any) -> Src:
+        self = super().__new__(cls, (kind, ref))
+        self.how = how
+        return self
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # type: ignore[override]
+        return (self[0], self[1], self.how)
+
+    def recast(self, cast: tuple[str, Any]) -> Src:
+        """The same source read through one more cast."""
+        family, casts = self.how
+        return Src(self[0], self[1], (family, (*casts, cast)))
+
+
 Op = Literal["=", "!=", "<", "<=", ">", ">="]
 
 SQLGLOT = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "mysql": "mysql"}
@@ -113,11 +138,12 @@ def markers(sql: str, family: str) -> tuple[str | None, list[Any]]:
 
 
 class Ctx:
-    __slots__ = ("accessors", "dialect", "fold")
+    __slots__ = ("accessors", "dialect", "family", "fold")
 
     def __init__(self, accessors: list[Any], dialect: str) -> None:
         self.accessors = accessors
         self.dialect = SQLGLOT.get(dialect)
+        self.family = _FAMILIES.get(self.dialect or "", "other")
         # PostgreSQL keeps the case of quoted names; SQLite ignores case
         self.fold = dialect != "postgresql"
 
@@ -133,33 +159,54 @@ class Ctx:
         """The source of a value expression, or None when it is not a plain value."""
         while isinstance(node, exp.Paren):
             node = node.this
+        casts: tuple[tuple[str, Any], ...] = ()
         if isinstance(node, exp.Cast):
-            to = node.args.get("to")
-            kind = getattr(getattr(to, "this", None), "name", None)
-            if kind not in _PLAIN_CASTS:
+            cast = self.cast_of(node.args.get("to"))
+            if cast is None:
                 return None
+            casts = (cast,)
             node = node.this
+        how = (self.family, casts)
         if isinstance(node, exp.Placeholder):
             name = node.name
             if name.startswith("qcp") and name[3:].isdigit():
                 index = int(name[3:])
                 if index < len(self.accessors):
-                    return ("p", self.accessors[index])
+                    return Src("p", self.accessors[index], how)
             return None
         if isinstance(node, exp.Literal):
             if node.is_string:
-                return ("l", node.this)
-            return ("l", _number(node.this))
+                return Src("l", node.this, how)
+            return Src("l", _number(node.this), how)
         if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
             if node.this.is_string:
                 return None
             n = _number(node.this.this)
-            return None if n is None else ("l", -n)
+            return None if n is None else Src("l", -n, how)
         if isinstance(node, exp.Boolean):
-            return ("l", bool(node.this))
+            return Src("l", bool(node.this), how)
         if isinstance(node, exp.Null):
-            return ("l", None)
+            return Src("l", None, how)
         return None
+
+    def cast_of(self, to: Any) -> tuple[str, Any] | None:
+        """``(type name, integer parameters or None)`` of a cast's target type,
+        None when it is not one of the plain types."""
+        kind = getattr(getattr(to, "this", None), "name", None)
+        if kind not in _PLAIN_CASTS:
+            return None
+        params: tuple[int, ...] | None = ()
+        for p in to.expressions:
+            literal = getattr(p, "this", None)
+            if not isinstance(literal, exp.Literal) or literal.is_string:
+                params = None
+                break
+            try:
+                params = (*params, int(literal.this))  # type: ignore[misc]
+            except ValueError:
+                params = None
+                break
+        return kind, params
 
 
 def _number(text: str) -> Any:

@@ -98,32 +98,41 @@ def _projected_values(
         return None
     assert isinstance(values, exp.Values)
     position = {ctx.column(c): i for i, c in enumerate(alias.columns)}
-    picks: list[tuple[int, bool]] = []  # per inserted column: VALUES index, kept as is
+    picks: list[tuple[int, bool, Any]] = []  # per inserted column: VALUES index, known, cast
     for item in select.expressions:
-        plain = True
+        plain, cast = True, None
         if isinstance(item, exp.Cast):
             to = item.args.get("to")
             # a cast with a precision (NUMERIC(3, 0)) may round: the value is unknown
-            plain = not to.expressions and ctx.value(exp.Cast(this=exp.Null(), to=to)) is not None
+            cast = ctx.cast_of(to)
+            plain = not to.expressions and cast is not None
             item = item.this
         if not isinstance(item, exp.Column) or (item.table and item.table != alias.name):
             return None
         index = position.get(ctx.column(item))
         if index is None:
             return None
-        picks.append((index, plain))
+        picks.append((index, plain, cast))
     rows = []
     for row in values.expressions:
         items = row.expressions if isinstance(row, exp.Tuple) else [row]
-        if any(i >= len(items) for i, _ in picks):
+        if any(i >= len(items) for i, _, _ in picks):
             return None
         rows.append(
             {
-                n: ctx.value(items[i]) if plain else None
-                for n, (i, plain) in zip(names, picks, strict=True)
+                n: _recast(ctx.value(items[i]), cast) if plain else None
+                for n, (i, plain, cast) in zip(names, picks, strict=True)
             }
         )
     return tuple(rows)
+
+
+def _recast(source: Source | None, cast: Any) -> Source | None:
+    """``source`` read through the projection's ``cast`` too (the database
+    converts the ``VALUES`` column, then casts it)."""
+    if source is None or cast is None:
+        return source
+    return source.recast(cast)  # type: ignore[attr-defined, no-any-return]
 
 
 def _update_delete(tree: exp.Update | exp.Delete, ctx: Ctx) -> WriteSpec | None:

@@ -32,6 +32,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from querycache.invalidation.exact import adapt
 from querycache.invalidation.images import Image, missing, value_of
 
 __all__ = ["PreImage", "fetch_preimage"]
@@ -54,8 +55,11 @@ class PreImage:
         self.version = version
         self.part: tuple[list[Any], int] | None = None  # where the image goes
 
-    def image(self, spec: Any, params: Any, rowcount: int, version: Any) -> Image | None:
-        """The write's image, or None if the rows read may not be those written."""
+    def image(
+        self, spec: Any, params: Any, rowcount: int, version: Any, kinds: Any = None
+    ) -> Image | None:
+        """The write's image, or None if the rows read may not be those written
+        (``kinds``: the catalog's column kinds of the table, :func:`adapt`)."""
         if rowcount != len(self.rows) or version != self.version:
             return None
         values: dict[str, list[Any]] = {c: [] for c in self.columns}
@@ -78,7 +82,7 @@ class PreImage:
                     del values[c]
                 else:
                     values[c].append(new)
-        return Image(values, spec.changed)
+        return Image(adapt(values, kinds), spec.changed)
 
 
 def _shifted(olds: list[Any], op: str, source: Any, params: Any) -> list[Any] | None:

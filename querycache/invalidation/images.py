@@ -5,23 +5,23 @@ to the DBAPI parameters of an execution it becomes an :class:`Image`: per
 column, every value the touched rows may have had before or after the
 write. A column missing from ``values`` is *unknown*: it may be anything.
 
-Values are compared loosely, so that two values the database may consider
-equal always meet (:func:`loose`): numbers by numeric value whatever their
-type, strings trimmed and case-folded, a string that reads as a number as
-that number, UUIDs by their hex digits. Loose equality may join values the
-database tells apart (that costs an extra invalidation), never the reverse.
+Values are compared by :mod:`querycache.invalidation.exact` (:func:`loose`
+keys, :func:`in_range`), only after :func:`value_of` resolved what the
+statement itself does to them (:mod:`querycache.invalidation.coercion`:
+PostgreSQL's untyped strings, casts); a value whose database value is not
+known exactly is left out, as if it were not there: unknown, "may be
+anything". Loose equality may join values the database tells apart (that
+costs an extra invalidation), never the reverse.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-import uuid
 from collections.abc import Iterable
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from querycache.analysis.footprints import Cond, WriteSpec
+from querycache.invalidation.coercion import MISSING, coerce
+from querycache.invalidation.exact import NULL, adapt, in_range, loose
 
 __all__ = [
     "NULL",
@@ -34,89 +34,22 @@ __all__ = [
     "value_of",
 ]
 
-NULL = ("null",)
-_NUMERIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_ISO_DATE = re.compile(r"^\d{4}-\d\d-\d\d")
-_MISSING = object()
-
-
-def loose(v: Any) -> Any:
-    """A hashable key equal for every two values the database may find equal;
-    ``None`` when ``v`` cannot be keyed (the caller treats it as unknown)."""
-    t = type(v)
-    if v is None:
-        return NULL
-    if t is int or t is bool:
-        return int(v)
-    if t is str:
-        s = v.strip()
-        if _NUMERIC.match(s):
-            try:
-                return Decimal(s)
-            except InvalidOperation:
-                return None
-        return s.casefold().replace("-", "")
-    if t is float:
-        if v != v or v in (float("inf"), float("-inf")):
-            return None
-        return Decimal(repr(v))
-    if t is Decimal:
-        return v if v.is_finite() else None
-    if t is bytes:
-        return ("b", v)
-    if isinstance(v, uuid.UUID):
-        return v.hex
-    if t is dt.date:
-        return v.isoformat().replace("-", "")
-    return None
-
-
-def _comparable(a: Any, b: Any, sqlite: bool) -> bool:
-    ta, tb = type(a), type(b)
-    numbers = (int, float, Decimal, bool)
-    if ta in numbers and tb in numbers:
-        return True
-    if ta is dt.datetime and tb is dt.datetime:
-        return (a.tzinfo is None) == (b.tzinfo is None)
-    if ta is dt.date and tb is dt.date:
-        return True
-    # SQLite keeps dates as ISO text: those compare as text, digit by digit
-    return sqlite and ta is str and tb is str and bool(_ISO_DATE.match(a) and _ISO_DATE.match(b))
-
-
-def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
-    """Whether ``v`` may satisfy every ``(op, bound)``; True when unsure."""
-    if v is None:
-        return False  # NULL satisfies no comparison
-    for op, bound in bounds:
-        if not _comparable(v, bound, sqlite):
-            return True
-        try:
-            if op == "<":
-                ok = v < bound
-            elif op == "<=":
-                ok = v <= bound
-            elif op == ">":
-                ok = v > bound
-            else:
-                ok = v >= bound
-        except TypeError:
-            return True
-        if not ok:
-            return False
-    return True
+_MISSING = MISSING
 
 
 def value_of(source: tuple[str, Any], params: Any) -> Any:
     """The value a :data:`~querycache.analysis.footprints.Source` has in
-    ``params``; ``_MISSING`` when the parameter is not there."""
+    ``params``, as the database reads it; ``_MISSING`` when the parameter is
+    not there or its database value is not known exactly (:func:`coerce`)."""
     kind, ref = source
     if kind == "l":
-        return ref
-    try:
-        return params[ref]
-    except (KeyError, IndexError, TypeError):
-        return _MISSING
+        v = ref
+    else:
+        try:
+            v = params[ref]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return coerce(v, getattr(source, "how", None))
 
 
 def missing(v: Any) -> bool:
@@ -183,13 +116,16 @@ def _pinned(pins: tuple[Cond, ...], params: Any) -> dict[str, list[Any]]:
     return out
 
 
-def bind_write(spec: WriteSpec, parameter_sets: Iterable[Any]) -> Image | None:
+def bind_write(spec: WriteSpec, parameter_sets: Iterable[Any], kinds: Any = None) -> Image | None:
     """The :class:`Image` of ``spec`` executed with each of ``parameter_sets``
-    (one for ``execute``, many for ``executemany``); ``None`` if nothing is known."""
+    (one for ``execute``, many for ``executemany``); ``None`` if nothing is known.
+    ``kinds``: the catalog's column kinds of the table (:func:`adapt`)."""
     image: Image | None = None
     for params in parameter_sets:
         for one in _images(spec, params):
             image = one if image is None else image.merge(one)
+    if image is not None and kinds:
+        image.values = adapt(image.values, kinds)
     return image
 
 
