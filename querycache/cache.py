@@ -511,7 +511,7 @@ class QueryCache:
         already read on PostgreSQL, that catalog is reused when no DDL only a
         read can follow committed through a wrapped engine since, and
         :func:`~querycache.integration.fingerprint.unchanged` says nothing
-        else changed what it holds (docs/architecture.md, "Hidden writes").
+        else changed what it holds (docs/architecture.md, "A new engine reuses it").
         """
         binding.catalog_pending = False
         first = id(binding) in self._new_bindings

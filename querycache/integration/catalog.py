@@ -3,11 +3,13 @@
 A statement's text names the tables it touches, but the database may touch
 more: a view reads its base tables, ``ON DELETE CASCADE`` writes the child
 table, a trigger writes whatever its body writes, and a function called from
-a ``SELECT`` may write. :func:`read_catalog` collects these once per engine
-(on the first read or write through the engine that may depend on them, and
-again on the first such statement after DDL commits; DDL itself and reads of
-the system catalog never trigger a read) on the statement's own DBAPI
-connection, never through the cache:
+a ``SELECT`` may write. :func:`read_catalog` collects these once per
+database (on the first read or write that may depend on them, and again on
+the first such statement after DDL only a read can follow commits, or that
+names a relation the catalog has not seen; DDL itself and reads of the
+system catalog never trigger a read; a new engine on PostgreSQL reuses the
+database's catalog when :mod:`.fingerprint` says nothing changed) on the
+statement's own DBAPI connection, never through the cache:
 
 * ``views``: view → tables it reads (added to the reads of its readers);
 * ``cascades``: table → tables a write to it may also write (foreign-key
