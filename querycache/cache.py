@@ -10,6 +10,7 @@ stores the rows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from querycache.analysis import Analysis, Analyzer
 from querycache.integration.catalog import Catalog, read_catalog
 from querycache.integration.drivers import in_transaction, note_began
 from querycache.integration.engine import EngineBinding, attach
+from querycache.integration.fingerprint import unchanged
 from querycache.integration.identity import Idents
 from querycache.integration.orm import OrmFastPath
 from querycache.invalidation import local
@@ -229,6 +231,13 @@ class QueryCache:
         self._orm = OrmFastPath(self)
         self._scope_ids: dict[str, str] = {}
         self.catalogs: dict[str, Catalog] = {}
+        # per scope: a fresh value at each DDL committed through a wrapped
+        # engine that only a read can follow (values are never reused, so no
+        # lock); a catalog read before the last one is never reused
+        self._ddl_epochs: dict[str, int] = {}
+        self._epoch_values = itertools.count(1)
+        # bindings whose first catalog use may reuse their scope's catalog
+        self._new_bindings: set[int] = set()
         self.redis: RedisTier | None = None
         self.bus: InvalidationBus | None = None
         # write-behind (querycache.queues): open queues, read-your-writes tables
@@ -291,6 +300,7 @@ class QueryCache:
             # that only runs DDL, or is never used, costs no catalog queries;
             # async engines can only do I/O inside their event loop anyway)
             binding.catalog_pending = self.settings.discover_views
+            self._new_bindings.add(id(binding))
             self._bindings[id(sync.dialect)] = binding
             if self.redis is not None:
                 self._scope_ids[self.redis.scope_id(binding.scope)] = binding.scope
@@ -519,10 +529,25 @@ class QueryCache:
         return {s for b in self._bindings.values() for s in b.scopes}
 
     def discover(self, binding: EngineBinding, dbapi_connection: Any) -> None:
-        """Read the hidden dependencies of ``binding``'s database (never raises)."""
+        """Read the hidden dependencies of ``binding``'s database (never raises).
+
+        The first time for a new engine on a scope whose catalog this cache
+        already read on PostgreSQL, that catalog is reused when no DDL only a
+        read can follow committed through a wrapped engine since, and
+        :func:`~querycache.integration.fingerprint.unchanged` says nothing
+        else changed what it holds (docs/architecture.md, "A new engine reuses it").
+        """
         binding.catalog_pending = False
+        first = id(binding) in self._new_bindings
+        self._new_bindings.discard(id(binding))
+        scope = binding.scope_for(dbapi_connection.info)
+        old = self.catalogs.get(scope)
+        epoch = self._ddl_epochs.get(scope, 0)  # before the read: a later DDL wins
+        reuse = first and old is not None and old.fingerprint is not None and old.epoch == epoch
         idle = in_transaction(dbapi_connection) is False
         try:
+            if reuse and unchanged(dbapi_connection, old):
+                return
             catalog = read_catalog(dbapi_connection, binding.dialect_name, self.analyzer)
         except Exception as exc:
             self.failed("catalog discovery", exc)
@@ -530,7 +555,7 @@ class QueryCache:
         finally:
             if idle:  # a transaction our own catalog queries began is not foreign
                 note_began(dbapi_connection)
-        scope = binding.scope_for(dbapi_connection.info)
+        catalog.epoch = epoch
         old = self.catalogs.get(scope)
         if old is not None:
             catalog.missing = old.missing - catalog.known
@@ -541,12 +566,12 @@ class QueryCache:
     def apply_ddl(self, scope: str, deltas: list[Any] | None) -> bool:
         """Bring the catalog of ``scope`` up to date with committed DDL whose
         text says what it created (:mod:`~querycache.integration.ddl`);
-        False: the catalog must be read again."""
+        False: the catalog must be read again (by every engine on ``scope``:
+        none reuses a catalog read before)."""
         catalog = self.catalogs.get(scope)
-        if deltas is None or catalog is None:
-            return False
-        new = catalog.with_ddl(deltas)
+        new = None if deltas is None or catalog is None else catalog.with_ddl(deltas)
         if new is None:
+            self._ddl_epochs[scope] = next(self._epoch_values)
             return False
         self.catalogs[scope] = new
         return True

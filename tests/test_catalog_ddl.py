@@ -9,13 +9,23 @@ it again. Every test is differential: a plain engine on the same database.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import make_url
 
 from querycache import QueryCache
-from tests.dbcount import counter_for
+from tests.dbcount import (
+    PgStatements,
+    counter_for,
+    is_async,
+    make_engine,
+    make_url_for,
+    run_sync_body,
+)
 
 # the first query of a catalog read, on each backend
 CATALOG_QUERY = {
@@ -213,3 +223,297 @@ def test_ddl_through_one_cache_widens_what_it_forwards_to_another(pg_url: str) -
         second.dispose()
         engine.dispose()
         plain.dispose()
+
+
+# -- a new engine on a database the cache already knows ----------------------------
+
+# the check a new engine runs instead of a read (PostgreSQL)
+CATALOG_CHECK = "FROM pg_catalog.pg_constraint AS actions"
+
+
+def _outside(url: str, statements: list[str]) -> None:
+    """Run DDL on a connection querycache never sees (another program, psql)."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(str(u.database))
+        try:
+            for sql in statements:
+                conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    with psycopg.connect(
+        host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database
+    ) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+
+def _new_engine(cache: QueryCache, url: str) -> Any:
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _foreign_keys_on)
+    cache.wrap(engine)
+    return engine
+
+
+SCHEMA = [
+    "CREATE TABLE author (id INTEGER PRIMARY KEY, name TEXT)",
+    "CREATE TABLE book (id INTEGER PRIMARY KEY, "
+    "author_id INTEGER REFERENCES author (id) ON DELETE CASCADE, title TEXT)",
+]
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_a_new_engine_per_test_reuses_the_catalog_of_its_database(pg_url: str, driver: str) -> None:
+    """The pytest pattern: a new engine per test, create_all/drop_all around it."""
+    plain = create_engine(pg_url)
+    counter = PgStatements(pg_url)
+    cache = QueryCache()
+
+    def one_test(engine: Any) -> None:
+        with engine.begin() as c:
+            for sql in SCHEMA:  # applied from its text: no read
+                c.execute(text(sql))
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO author VALUES (1, 'ann'), (2, 'bob')"))
+            c.execute(text("INSERT INTO book VALUES (1, 1, 'a'), (2, 2, 'b')"))
+        q = "SELECT title FROM book WHERE author_id = 1"
+        assert _both(plain, engine, q) == [("a",)]
+        with engine.begin() as c:
+            c.execute(text("DELETE FROM author WHERE id = 1"))  # cascades to book
+        assert _both(plain, engine, q) == []
+        with engine.begin() as c:
+            c.execute(text("DROP TABLE book"))
+            c.execute(text("DROP TABLE author"))
+
+    try:
+        for test in range(3):
+            engine = make_engine(make_url_for(driver, pg_url=pg_url))
+            cache.wrap(engine)
+            try:
+                run_sync_body(engine, one_test)
+            finally:
+                if not is_async(driver):
+                    engine.dispose()
+            # one read by the first engine; each later one checks instead
+            assert counter.count(CATALOG_QUERY["postgresql"]) == 1, test
+            assert counter.count(CATALOG_CHECK) == test
+    finally:
+        cache.close()
+        counter.close()
+        plain.dispose()
+
+
+TALLY = [
+    "CREATE TABLE src (id INTEGER PRIMARY KEY)",
+    "CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER)",
+    "INSERT INTO tally VALUES (1, 0)",
+]
+
+
+def test_a_trigger_created_outside_between_two_engines_is_honoured(url: str) -> None:
+    plain = create_engine(url)
+    cache = QueryCache()
+    dialect = plain.dialect.name
+    q = "SELECT n FROM tally WHERE id = 1"
+    first = _new_engine(cache, url)
+    try:
+        with first.begin() as c:
+            for sql in TALLY:
+                c.execute(text(sql))
+        assert _both(plain, first, q) == [(0,)]  # read the catalog: no trigger yet
+    finally:
+        first.dispose()
+    _outside(url, _trigger_sql(dialect))  # behind querycache's back
+    second = _new_engine(cache, url)
+    counter = counter_for(second)
+    try:
+        assert _both(plain, second, q) == [(0,)]
+        assert _both(plain, second, q) == [(0,)]
+        frag = "SELECT n FROM tally WHERE id ="
+        served = counter.count(frag)
+        assert _both(plain, second, q) == [(0,)]
+        if dialect == "sqlite":  # a hit: the database did not run it
+            assert counter.count(frag) == served
+        with second.begin() as c:
+            c.execute(text("INSERT INTO src VALUES (1)"))  # the trigger writes tally
+        assert _both(plain, second, q) == [(1,)]
+        if dialect == "postgresql":  # the check saw the trigger and read again
+            assert counter.count(CATALOG_QUERY[dialect]) == 2
+            assert counter.count(CATALOG_CHECK) == 1
+    finally:
+        cache.close()
+        counter.close()
+        second.dispose()
+        plain.dispose()
+
+
+def test_a_cascade_added_outside_between_two_engines_is_honoured(pg_url: str) -> None:
+    plain = create_engine(pg_url)
+    cache = QueryCache()
+    q = "SELECT id FROM child WHERE parent_id = 1"
+    first = _new_engine(cache, pg_url)
+    try:
+        with first.begin() as c:
+            c.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+            c.execute(text("CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER)"))
+            c.execute(text("INSERT INTO parent VALUES (1), (2)"))
+            c.execute(text("INSERT INTO child VALUES (1, 1), (2, 2)"))
+        assert _both(plain, first, q) == [(1,)]
+    finally:
+        first.dispose()
+    # a key with an action on tables the catalog knows: no new name to notice
+    _outside(
+        pg_url,
+        ["ALTER TABLE child ADD FOREIGN KEY (parent_id) REFERENCES parent (id) ON DELETE CASCADE"],
+    )
+    second = _new_engine(cache, pg_url)
+    try:
+        assert _both(plain, second, q) == [(1,)]
+        with second.begin() as c:
+            c.execute(text("DELETE FROM parent WHERE id = 1"))  # cascades to child
+        assert _both(plain, second, q) == []
+    finally:
+        cache.close()
+        second.dispose()
+        plain.dispose()
+
+
+def test_ddl_only_a_read_follows_is_read_by_the_next_engine(pg_url: str) -> None:
+    """A rename leaves the fingerprint as it was (views refer to tables by oid);
+    the engine that ran it would read the catalog again, and so does the next."""
+    plain = create_engine(pg_url)
+    counter = PgStatements(pg_url)
+    cache = QueryCache()
+    q = "SELECT n FROM v WHERE id = 1"
+    first = _new_engine(cache, pg_url)
+    try:
+        with first.begin() as c:
+            c.execute(text("CREATE TABLE u (id INTEGER PRIMARY KEY, n INTEGER)"))
+            c.execute(text("INSERT INTO u VALUES (1, 0)"))  # the catalog knows u
+            c.execute(text("DROP TABLE u"))  # and still does
+            c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)"))
+            c.execute(text("CREATE VIEW v AS SELECT id, n FROM t"))
+        with first.begin() as c:
+            c.execute(text("INSERT INTO t VALUES (1, 0)"))  # read again: v reads t
+        with first.begin() as c:
+            c.execute(text("ALTER TABLE t RENAME TO u"))  # v now reads u
+    finally:
+        first.dispose()
+    reads = counter.count(CATALOG_QUERY["postgresql"])
+    second = _new_engine(cache, pg_url)
+    try:
+        assert _both(plain, second, q) == [(0,)]
+        assert counter.count(CATALOG_QUERY["postgresql"]) > reads  # not reused
+        with second.begin() as c:
+            c.execute(text("UPDATE u SET n = 5 WHERE id = 1"))
+        assert _both(plain, second, q) == [(5,)]
+    finally:
+        cache.close()
+        counter.close()
+        second.dispose()
+        plain.dispose()
+
+
+# what the first engine creates, what another program changes behind its back,
+# and the write through the second engine that now also changes tally
+_OUTSIDE_CHANGES = {
+    "function replaced": (
+        [
+            "CREATE FUNCTION quiet() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RETURN NEW; END $$",
+            "CREATE TRIGGER quiet AFTER INSERT ON src FOR EACH ROW EXECUTE FUNCTION quiet()",
+        ],
+        [
+            "CREATE OR REPLACE FUNCTION quiet() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN UPDATE tally SET n = n + 1 WHERE id = 1; RETURN NEW; END $$"
+        ],
+        "INSERT INTO src (id) VALUES (1)",
+    ),
+    "default added": (
+        [
+            "CREATE FUNCTION bump() RETURNS integer LANGUAGE sql AS "
+            "$$ UPDATE tally SET n = n + 1 WHERE id = 1 RETURNING n $$"
+        ],
+        ["ALTER TABLE src ALTER COLUMN k SET DEFAULT bump()"],
+        "INSERT INTO src (id) VALUES (1)",
+    ),
+    "rule added": (
+        [],
+        ["CREATE RULE also AS ON INSERT TO src DO ALSO UPDATE tally SET n = n + 1 WHERE id = 1"],
+        "INSERT INTO src (id) VALUES (1)",
+    ),
+    "inheritance added": (
+        ["CREATE TABLE tally_part (id INTEGER PRIMARY KEY, n INTEGER)"],
+        ["ALTER TABLE tally_part INHERIT tally"],
+        "INSERT INTO tally_part VALUES (2, 7)",
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(_OUTSIDE_CHANGES))
+def test_hidden_writes_added_outside_between_two_engines_are_honoured(
+    pg_url: str, change: str
+) -> None:
+    setup, outside, write = _OUTSIDE_CHANGES[change]
+    plain = create_engine(pg_url)
+    cache = QueryCache()
+    q = "SELECT count(*), sum(n) FROM tally"
+    first = _new_engine(cache, pg_url)
+    try:
+        with first.begin() as c:
+            c.execute(text("CREATE TABLE src (id INTEGER PRIMARY KEY, k INTEGER)"))
+            c.execute(text("CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER)"))
+            c.execute(text("INSERT INTO tally VALUES (1, 0)"))
+            for sql in setup:
+                c.execute(text(sql))
+        assert _both(plain, first, q) == [(1, 0)]
+    finally:
+        first.dispose()
+    _outside(pg_url, outside)
+    second = _new_engine(cache, pg_url)
+    try:
+        before = _both(plain, second, q)
+        with second.begin() as c:
+            c.execute(text(write))
+        assert _both(plain, second, q) != before
+    finally:
+        cache.close()
+        second.dispose()
+        plain.dispose()
+
+
+def test_a_trigger_on_a_builtin_function_added_outside_makes_the_next_engine_read(
+    pg_url: str,
+) -> None:
+    """No function of the database changes, nothing new depends on one: only the
+    trigger row does (a read takes a C function's trigger to write anything)."""
+    counter = PgStatements(pg_url)
+    cache = QueryCache()
+    q = "SELECT n FROM tally WHERE id = 1"
+    first = _new_engine(cache, pg_url)
+    try:
+        with first.begin() as c:
+            for sql in TALLY:
+                c.execute(text(sql))
+        _rows(first, q)
+    finally:
+        first.dispose()
+    reads = counter.count(CATALOG_QUERY["postgresql"])
+    _outside(
+        pg_url,
+        [
+            "CREATE TRIGGER same BEFORE UPDATE ON src FOR EACH ROW "
+            "EXECUTE FUNCTION suppress_redundant_updates_trigger()"
+        ],
+    )
+    second = _new_engine(cache, pg_url)
+    try:
+        _rows(second, q)
+        assert counter.count(CATALOG_QUERY["postgresql"]) == reads + 1
+    finally:
+        cache.close()
+        counter.close()
+        second.dispose()

@@ -3,11 +3,13 @@
 A statement's text names the tables it touches, but the database may touch
 more: a view reads its base tables, ``ON DELETE CASCADE`` writes the child
 table, a trigger writes whatever its body writes, and a function called from
-a ``SELECT`` may write. :func:`read_catalog` collects these once per engine
-(on the first read or write through the engine that may depend on them, and
-again on the first such statement after DDL commits; DDL itself and reads of
-the system catalog never trigger a read) on the statement's own DBAPI
-connection, never through the cache:
+a ``SELECT`` may write. :func:`read_catalog` collects these once per
+database (on the first read or write that may depend on them, and again on
+the first such statement after DDL only a read can follow commits, or that
+names a relation the catalog has not seen; DDL itself and reads of the
+system catalog never trigger a read; a new engine on PostgreSQL reuses the
+database's catalog when :mod:`.fingerprint` says nothing changed) on the
+statement's own DBAPI connection, never through the cache:
 
 * ``views``: view → tables it reads (added to the reads of its readers);
 * ``cascades``: table → tables a write to it may also write (foreign-key
@@ -49,6 +51,7 @@ from typing import Any
 
 from querycache.integration.calls import body_writes, call_pattern, called_writes, writer_closure
 from querycache.integration.ddl import DdlDelta
+from querycache.integration.fingerprint import PG_FINGERPRINT, fingerprint_of
 
 __all__ = ["Catalog", "body_writes", "read_catalog"]
 
@@ -156,6 +159,10 @@ class Catalog:
     functions: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
     writer_views: dict[str, set[str] | None] = field(default_factory=dict)
+    #: PostgreSQL: what :mod:`.fingerprint` compares before a new engine reuses this
+    fingerprint: frozenset[tuple[Any, ...]] | None = None
+    #: the scope's DDL epoch when the read began (``QueryCache.discover``)
+    epoch: int = -1
     _function_pattern: re.Pattern[str] | None = None
     _view_pattern: re.Pattern[str] | None = None
 
@@ -252,6 +259,7 @@ _PG_PARTS = {
     "functions": (_PG_FUNCTIONS, 4),
     "triggers": (_PG_TRIGGERS, 4),
     "defaults": (_PG_DEFAULTS, 2),
+    "fingerprint": (PG_FINGERPRINT, 4),
 }
 
 
@@ -283,7 +291,7 @@ def _postgres(conn: Any, analyzer: Any) -> Catalog:
     parts: dict[str, list[tuple[Any, ...]]] = {part: [] for part in _PG_PARTS}
     for part, *row in _rows(conn, _PG_ALL):
         parts[part].append(tuple(row[: _PG_PARTS[part][1]]))
-    cat = Catalog()
+    cat = Catalog(fingerprint=fingerprint_of(parts["fingerprint"]))
     for name, kind in parts["relations"]:
         cat.known.add(str(name).lower())
         if kind == "S":  # a sequence changes behind every nextval()
