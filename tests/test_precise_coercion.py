@@ -416,3 +416,20 @@ def test_catalog_kinds_on_sqlite(tmp_path: Any) -> None:
         assert killed("sqlite-k", read, params, write, row, kinds["sk"])
     keep = ("SELECT id FROM sk WHERE s = ?", ("10",))  # '9' is not '10', as text too
     assert not killed("sqlite-k", *keep, write, row, kinds["sk"])
+
+
+@pytest.mark.parametrize("created_after_the_read", [False, True])
+def test_sqlite_text_column_kinds_reach_the_write_path(lite: Env, created_after_the_read) -> None:
+    """End to end: a number written to a ``TEXT`` column is stored as text and
+    compared as text (``'9' >= 10``); the wrapped engine images it as the
+    catalog says, also for a table created after the catalog was read."""
+    if created_after_the_read:
+        lite.read("SELECT 1 AS q_warm", {}, "q_warm", 1)  # the catalog is read now
+        with lite.engine.begin() as conn:  # DDL through the cache: applied from its text
+            conn.exec_driver_sql("CREATE TABLE tk (id INTEGER PRIMARY KEY, s TEXT)")
+    else:
+        lite.ddl("CREATE TABLE tk (id INTEGER PRIMARY KEY, s TEXT)")
+    read = "SELECT id AS q_tk FROM tk WHERE s >= :v ORDER BY id"
+    cached(lite, read, {"v": 10}, "q_tk")
+    lite.write("INSERT INTO tk (id, s) VALUES (:i, :s)", {"i": 1, "s": 9})  # stored as '9'
+    lite.read(read, {"v": 10}, "q_tk", 1)  # '9' >= '10' as text: the row is in the result

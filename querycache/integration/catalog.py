@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from querycache.integration.calls import body_writes, call_pattern, called_writes, writer_closure
+from querycache.integration.columns import read_kinds
 from querycache.integration.ddl import DdlDelta
 from querycache.integration.fingerprint import PG_FINGERPRINT, fingerprint_of
 
@@ -163,6 +164,10 @@ class Catalog:
     fingerprint: frozenset[tuple[Any, ...]] | None = None
     #: the scope's DDL epoch when the read began (``QueryCache.discover``)
     epoch: int = -1
+    #: per table, its columns whose values only the database compares
+    #: (:mod:`.columns`); ``kinds_read``: the tables that reading covered
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    kinds_read: set[str] = field(default_factory=set)
     _function_pattern: re.Pattern[str] | None = None
     _view_pattern: re.Pattern[str] | None = None
 
@@ -180,7 +185,20 @@ class Catalog:
             for parent, child in d.cascades:
                 new.cascades.setdefault(parent, set()).add(child)
         new.missing = self.missing - new.known
+        created = set().union(*(d.known for d in deltas)) if deltas else set()
+        new.columns = {t: k for t, k in self.columns.items() if t not in created}
+        new.kinds_read = self.kinds_read - created  # a table made again: read its kinds again
         return new
+
+    def kinds_of(self, table: str, dbapi_connection: Any, dialect_name: str) -> Any:
+        r"""The column kinds of ``table`` (:func:`~.columns.read_kinds`), read
+        again on SQLite when the table was created after the last read (its
+        ``PRAGMA``\ s cannot disturb the write's transaction); elsewhere such a
+        table is compared by value alone until the catalog is read again."""
+        if table not in self.kinds_read and table in self.known and dialect_name == "sqlite":
+            self.columns.update(read_kinds(dbapi_connection, dialect_name))
+            self.kinds_read |= self.known
+        return self.columns.get(table)
 
     def has_news(self, names: frozenset[str]) -> bool:
         """True (once per name) when ``names`` holds a relation this catalog has
@@ -279,12 +297,16 @@ _PG_ALL = _pg_query()
 
 
 def read_catalog(dbapi_connection: Any, dialect_name: str, analyzer: Any) -> Catalog:
-    """Read views, cascades, triggers and writing functions of the database."""
+    """Read views, cascades, triggers, writing functions and column kinds of the database."""
     if dialect_name == "postgresql":
-        return _postgres(dbapi_connection, analyzer)
-    if dialect_name == "sqlite":
-        return _sqlite(dbapi_connection, analyzer)
-    return Catalog()
+        cat = _postgres(dbapi_connection, analyzer)
+    elif dialect_name == "sqlite":
+        cat = _sqlite(dbapi_connection, analyzer)
+    else:
+        return Catalog()
+    cat.columns = read_kinds(dbapi_connection, dialect_name)
+    cat.kinds_read = set(cat.known)
+    return cat
 
 
 def _postgres(conn: Any, analyzer: Any) -> Catalog:

@@ -377,7 +377,7 @@ def record_write(info: dict[str, Any], tables: Any, imaged: bool = False) -> Non
             state.images.setdefault(table, []).append(None)
 
 
-def record_image(info: dict[str, Any], tables: Any, spec: Any, ctx: Any) -> Any:
+def record_image(info: dict[str, Any], tables: Any, spec: Any, ctx: Any, kinds: Any = None) -> Any:
     """Add what this write is known to touch to the connection's pending images;
     returns where its own table's image went (a pre-image may replace it).
 
@@ -387,7 +387,7 @@ def record_image(info: dict[str, Any], tables: Any, spec: Any, ctx: Any) -> Any:
     images = state_of(info).images
     part: Any = None
     if isinstance(spec, WriteSpec):
-        part = bind_write(spec, ctx.parameters)
+        part = bind_write(spec, ctx.parameters, kinds)
         if part is not None and spec.kind == "insert":
             keys = _generated_keys(ctx, part)
             if keys:

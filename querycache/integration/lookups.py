@@ -36,6 +36,7 @@ from typing import Any
 from querycache.analysis.writespecs import WriteSpec
 from querycache.integration.context import committed_now
 from querycache.integration.txhooks import info_of
+from querycache.invalidation.exact import OPAQUE
 from querycache.invalidation.images import Image, PendingKeys, loose
 from querycache.invalidation.transactions import STATE_KEY
 
@@ -83,6 +84,9 @@ def fetch_facts(
                 continue
             if other not in catalog.known or other in catalog.views:
                 continue
+            kinds = catalog.columns.get(other) or {}
+            if kinds.get(other_column) == OPAQUE or kinds.get(cond_column) == OPAQUE:
+                continue  # only the database compares those values
             by_key = {loose(v): v for v in values}
             if len(by_key) > _MAX_KEYS or None in by_key:
                 continue

@@ -81,7 +81,8 @@ class WritePath:
         imaged = kind == "write" and written is not ALL
         record_write(info, written, imaged)
         if imaged:
-            where = record_image(info, written, plan.footprint, ctx)
+            kinds = self._kinds(ctx, plan.footprint)
+            where = record_image(info, written, plan.footprint, ctx, kinds)
             spec = plan.footprint
             if where is not None and spec.fetch and not ctx.executemany:
                 self._prefetch(ctx, spec, where)
@@ -133,11 +134,24 @@ class WritePath:
             pre.part = where
             ctx._qc_pre = pre
 
+    def _kinds(self, ctx: Any, spec: Any) -> Any:
+        """The catalog's column kinds of the table ``spec`` writes (None: none known)."""
+        table = getattr(spec, "table", None)
+        catalog = self.core.catalogs.get(self.scope_for(ctx._dbapi_connection.info))
+        if table is None or catalog is None:
+            return None
+        try:
+            return catalog.kinds_of(table, ctx._dbapi_connection, self.dialect_name)
+        except Exception as exc:  # compared by value alone, as without a catalog
+            self.core.failed("column kinds", exc)
+            return None
+
     def _finish_preimage(self, ctx: Any) -> None:
         pre, ctx._qc_pre = ctx._qc_pre, None
         version = data_version(ctx) if self.dialect_name == "sqlite" else None
         spec = self.core.plan(ctx.statement, self.dialect_name).footprint
-        image = pre.image(spec, ctx.parameters[0], ctx.cursor.rowcount, version)
+        kinds = self._kinds(ctx, spec)
+        image = pre.image(spec, ctx.parameters[0], ctx.cursor.rowcount, version, kinds)
         if image is not None and pre.part is not None:
             parts, index = pre.part
             if index < len(parts):
