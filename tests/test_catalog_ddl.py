@@ -163,20 +163,25 @@ def test_ddl_that_hides_a_write_makes_the_catalog_read_again(url: str) -> None:
         plain.dispose()
 
 
+def _tally_and_bump(engine: Any) -> None:
+    """``tally`` (one row, n = 0) and ``bump()``, a function that increments it."""
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER)"))
+        c.execute(text("INSERT INTO tally VALUES (1, 0)"))
+        c.execute(
+            text(
+                "CREATE FUNCTION bump() RETURNS integer LANGUAGE sql AS "
+                "$$ UPDATE tally SET n = n + 1 WHERE id = 1 RETURNING n $$"
+            )
+        )
+
+
 def test_a_default_calling_a_function_of_the_database_is_read_from_the_catalog(
     pg_url: str,
 ) -> None:
     plain, engine, _counter, cache = _engines(pg_url)
     try:
-        with engine.begin() as c:
-            c.execute(text("CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER)"))
-            c.execute(text("INSERT INTO tally VALUES (1, 0)"))
-            c.execute(
-                text(
-                    "CREATE FUNCTION bump() RETURNS integer LANGUAGE sql AS "
-                    "$$ UPDATE tally SET n = n + 1 WHERE id = 1 RETURNING n $$"
-                )
-            )
+        _tally_and_bump(engine)
         q = "SELECT n FROM tally WHERE id = 1"
         assert _both(plain, engine, q) == [(0,)]
         with engine.begin() as c:
@@ -200,15 +205,7 @@ def test_ddl_through_one_cache_widens_what_it_forwards_to_another(pg_url: str) -
     other = QueryCache()
     second = other.wrap(create_engine(pg_url))
     try:
-        with engine.begin() as c:
-            c.execute(text("CREATE TABLE tally (id INTEGER PRIMARY KEY, n INTEGER)"))
-            c.execute(text("INSERT INTO tally VALUES (1, 0)"))
-            c.execute(
-                text(
-                    "CREATE FUNCTION bump() RETURNS integer LANGUAGE sql AS "
-                    "$$ UPDATE tally SET n = n + 1 WHERE id = 1 RETURNING n $$"
-                )
-            )
+        _tally_and_bump(engine)
         q = "SELECT n FROM tally WHERE id = 1"
         assert _both(plain, second, q) == [(0,)]
         assert _both(plain, second, q) == [(0,)]  # stored, its catalog read
