@@ -236,8 +236,6 @@ class QueryCache:
         # lock); a catalog read before the last one is never reused
         self._ddl_epochs: dict[str, int] = {}
         self._epoch_values = itertools.count(1)
-        # bindings whose first catalog use may reuse their scope's catalog
-        self._new_bindings: set[int] = set()
         self.redis: RedisTier | None = None
         self.bus: InvalidationBus | None = None
         # write-behind (querycache.queues): open queues, read-your-writes tables
@@ -300,7 +298,7 @@ class QueryCache:
             # that only runs DDL, or is never used, costs no catalog queries;
             # async engines can only do I/O inside their event loop anyway)
             binding.catalog_pending = self.settings.discover_views
-            self._new_bindings.add(id(binding))
+            binding.catalog_reusable = True  # its first catalog use may reuse the scope's
             self._bindings[id(sync.dialect)] = binding
             if self.redis is not None:
                 self._scope_ids[self.redis.scope_id(binding.scope)] = binding.scope
@@ -538,8 +536,7 @@ class QueryCache:
         else changed what it holds (docs/architecture.md, "A new engine reuses it").
         """
         binding.catalog_pending = False
-        first = id(binding) in self._new_bindings
-        self._new_bindings.discard(id(binding))
+        first, binding.catalog_reusable = binding.catalog_reusable, False
         scope = binding.scope_for(dbapi_connection.info)
         old = self.catalogs.get(scope)
         epoch = self._ddl_epochs.get(scope, 0)  # before the read: a later DDL wins

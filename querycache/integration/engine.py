@@ -100,6 +100,8 @@ class EngineBinding(WritePath):
         self.check_isolation = dialect.name == "postgresql"
         self.await_ready = io.await_ready
         self.catalog_pending = False
+        #: a new engine: its first catalog read may reuse its scope's (QueryCache.discover)
+        self.catalog_reusable = False
         # False until the first full execution has seen the engine's default
         # isolation level (read by SQLAlchemy at first connect): snapshot
         # isolation by default turns every fast path off

@@ -153,10 +153,8 @@ class CellRegistry:
                 elif fp.conds:
                     got = _keyed(group, fp.conds, params)
                 else:
-                    got = _joined(group, fp, fps, params)  # type: ignore[arg-type]
-                    if len(got) > 1:
-                        self.joins_seen = True
-                        s.join_specs.pop(table, None)
+                    got = _joined(group, fp, fps, params, s.join_specs, table)  # type: ignore[arg-type]
+                    self.joins_seen = self.joins_seen or len(got) > 1
                 cells.extend(got)
                 if owner is not None:
                     group.owners.add(owner)
@@ -395,9 +393,12 @@ def _condition(conds: Any, params: Any) -> tuple[str, str, Any] | None:
     return None
 
 
-def _joined(group: _Group, fp: Any, fps: dict[str, Any], params: Any) -> list[Cell]:
+def _joined(
+    group: _Group, fp: Any, fps: dict[str, Any], params: Any, specs: dict[str, Any], table: str
+) -> list[Cell]:
     """A table with no condition of its own, joined to one that has: its rows
-    matter only through rows of the other table that meet the condition."""
+    matter only through rows of the other table that meet the condition
+    (a new join cell drops ``table``'s computed join ``specs``)."""
     for own, other, other_column in fp.joins:
         target = fps.get(other)
         found = _condition(target.conds, params) if target is not None else None
@@ -411,6 +412,7 @@ def _joined(group: _Group, fp: Any, fps: dict[str, Any], params: Any) -> list[Ce
         if cell is None:
             cell = column.joins[spec] = Cell()
             column.followed.add((other, other_column, found[0]))
+            specs.pop(table, None)
         return [column.wild, cell]
     return [group.every]
 
