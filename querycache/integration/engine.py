@@ -263,14 +263,8 @@ class EngineBinding(WritePath):
         else:
             entry = None
         if entry is not None:
-            qs.memory_hit_slow()
-            if core.verifier.due(self) and core.verifier.sample(ctx, entry, key):
-                return
-            ctx._qc_serve(entry)
-            ctx._qc_key = key
-            if capture is not None:
-                capture.entry, capture.storable = entry, True
-                capture.snapshot = self.capture(plan, ctx.parameters[0], scope)
+            if not (core.verifier.due(self) and core.verifier.sample(ctx, entry, key)):
+                self._serve_memory(ctx, entry, key, plan, scope, capture)
             return
         if core.refresher.stale.held and core.refresher.serve_stale(ctx, key, plan, capture):
             return  # invalidated, but this statement opted into bounded staleness
@@ -300,6 +294,13 @@ class EngineBinding(WritePath):
         if store:
             flight, leader = core.flights.join(key, snapshot)
             if leader:
+                # the lookup above ran before the catalog wait and the
+                # analysis: a leader that landed since has stored the result
+                entry = self.memory.get(key)
+                if entry is not None:
+                    core.flights.land(key, flight, entry)
+                    self._serve_memory(ctx, entry, key, plan, scope, capture)
+                    return
                 miss.flight = flight
             else:
                 done = io.wait(flight, core.lock_timeout, self.is_async)
@@ -323,6 +324,17 @@ class EngineBinding(WritePath):
         ctx._qc_miss = miss
         ctx.cursor = ctx._qc_real_cursor()
         miss.started = time.perf_counter()  # database time only, not Redis
+
+    def _serve_memory(
+        self, ctx: Any, entry: Entry, key: Any, plan: Any, scope: str, capture: Any
+    ) -> None:
+        """A memory-tier hit found on the slow path (not the plain hit)."""
+        plan.stats.memory_hit_slow()
+        ctx._qc_serve(entry)
+        ctx._qc_key = key
+        if capture is not None:
+            capture.entry, capture.storable = entry, True
+            capture.snapshot = self.capture(plan, ctx.parameters[0], scope)
 
     def capture(self, plan: Any, params: Any, scope: str) -> tuple[Any, ...]:
         """The validity cells a result of ``plan`` with ``params`` depends on in
