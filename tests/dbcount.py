@@ -140,6 +140,11 @@ class SqliteTrace:
                 1 for s in self.statements if f in " ".join(s.lower().split()) and PREIMAGE not in s
             )
 
+    def preimages(self) -> int:
+        """The cache's own pre-image reads so far."""
+        with self._lock:
+            return sum(1 for s in self.statements if PREIMAGE in s)
+
     def close(self) -> None:
         pass
 
@@ -166,6 +171,16 @@ class PgStatements:
             "WHERE d.datname = %s AND regexp_replace(s.query, '\\s+', ' ', 'g') ILIKE %s "
             "AND s.query NOT LIKE %s",
             (self.dbname, "%" + " ".join(fragment.split()) + "%", "%" + PREIMAGE + "%"),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def preimages(self) -> int:
+        """The cache's own pre-image reads so far."""
+        row = self._conn.execute(
+            "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s "
+            "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s AND s.query LIKE %s",
+            (self.dbname, "%" + PREIMAGE + "%"),
         ).fetchone()
         assert row is not None
         return int(row[0])

@@ -276,6 +276,33 @@ def test_update_by_range_where(env: Env):
         env.check("q_gt", q, {"c": c}, 1 if c in touched else 0)
 
 
+def test_no_preimage_when_the_statement_gives_every_keyed_column(env: Env):
+    """A pre-image is read only for keyed columns the write itself does not
+    give, of results that read a column it changes (counted on the database)."""
+    by_id = select(ORD.c.id.label("q_pk"), ORD.c.total).where(ORD.c.id == bindparam("i"))
+    ids_of = select(ORD.c.id.label("q_cu")).where(ORD.c.customer_id == bindparam("c"))
+    ids_of = ids_of.order_by(ORD.c.id)
+    env.check("q_pk", by_id, {"i": 7}, 1)
+    env.check("q_pk", by_id, {"i": 8}, 1)
+    env.check("q_cu", ids_of, {"c": 3}, 1)  # keyed on customer_id, reads no total
+    before = env.counter.preimages()
+    env.write(update(ORD).where(ORD.c.id == 7).values(total=5))
+    assert env.counter.preimages() == before
+    env.check("q_pk", by_id, {"i": 7}, 1)
+    env.check("q_pk", by_id, {"i": 8}, 0)
+    env.check("q_cu", ids_of, {"c": 3}, 0)
+    # a result keyed on customer_id that reads total: only a pre-image tells
+    # which customer order 7 belongs to
+    q = by_customer("q_need")
+    env.check("q_need", q, {"c": 3}, 1)
+    env.check("q_need", q, {"c": 4}, 1)
+    env.write(update(ORD).where(ORD.c.id == 7).values(total=6))
+    assert env.counter.preimages() == before + 1
+    env.check("q_need", q, {"c": 3}, 1)  # order 7 is customer 3's
+    env.check("q_need", q, {"c": 4}, 0)
+    env.check("q_pk", by_id, {"i": 8}, 0)
+
+
 def test_table_mode_drops_everything(request, tmp_path):
     for driver in ("pysqlite", "psycopg"):
         (tmp_path / driver).mkdir()

@@ -22,7 +22,7 @@ from querycache.integration.ddl import ddl_delta
 from querycache.integration.lookups import join_lookups, resolve_lookups
 from querycache.integration.preimage import data_version, fetch_preimage
 from querycache.integration.txhooks import info_of
-from querycache.invalidation.images import merge_parts
+from querycache.invalidation.images import Image, merge_parts
 from querycache.invalidation.transactions import STATE_KEY, state_of
 
 __all__ = ["WritePath"]
@@ -101,7 +101,7 @@ class WritePath:
     def _prefetch(self, ctx: Any, spec: Any, where: Any) -> None:
         """Read the rows an UPDATE/DELETE will touch (:mod:`.preimage`)."""
         scope = self.scope_for(ctx._dbapi_connection.info)
-        columns = self.memory.cells.keyed_columns(scope, spec.table)
+        columns = self.memory.cells.keyed_columns(scope, spec.table, spec.changed)
         if self.core.redis is not None and not self.private:  # other processes' keys too
             shared = self.core.redis.keyed_columns(scope, spec.table, self.is_async)
             if not shared.issubset(columns):
@@ -109,6 +109,10 @@ class WritePath:
         postgres = self.dialect_name == "postgresql"
         if not columns or not (postgres or self.dialect_name == "sqlite"):
             return
+        parts, index = where
+        known = parts[index]
+        if isinstance(known, Image) and all(c in known.values for c in columns):
+            return  # the statement alone gives every keyed column (WHERE id = ?)
         core = self.core
         catalog = core.catalogs.get(scope)
         table = spec.table

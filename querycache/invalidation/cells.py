@@ -228,18 +228,26 @@ class CellRegistry:
                 self._die(s.epoch)
                 s.epoch = Cell()
 
-    def keyed_columns(self, scope: str, table: str) -> list[str]:
-        """Columns of ``table`` that some live result is keyed on."""
+    def keyed_columns(
+        self, scope: str, table: str, changed: frozenset[str] | None = None
+    ) -> list[str]:
+        """Columns of ``table`` that some live result is keyed on. With
+        ``changed`` (an ``UPDATE``'s columns), only those of results that
+        reference one of them: :meth:`kill` skips the others whatever the
+        image's values, so their keys need no pre-image."""
         s = self._scopes.get(scope)
         groups = s.tables.get(table) if s is not None else None
         if not groups:
             return []
         with self.lock:
-            keyed = {c for g in groups.values() for c in g.columns}
-            keyed.update(p[1] for g in groups.values() for c in g.columns.values() for p in c.pages)
-            for key in groups:
-                if type(key) is tuple:
-                    keyed.update(c for c, _ in key[1])
+            keyed: set[str] = set()
+            for key, g in groups.items():
+                columns, guards = key if type(key) is tuple else (key, ())
+                if changed is not None and columns is not None and not changed & columns:
+                    continue
+                keyed.update(g.columns)
+                keyed.update(p[1] for c in g.columns.values() for p in c.pages)
+                keyed.update(c for c, _ in guards)
             return sorted(keyed)
 
     def join_specs(self, scope: str, table: str) -> list[tuple[str, str, str, str]]:
