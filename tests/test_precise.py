@@ -303,6 +303,23 @@ def test_no_preimage_when_the_statement_gives_every_keyed_column(env: Env):
     env.check("q_pk", by_id, {"i": 8}, 0)
 
 
+def test_no_preimage_for_keys_no_stored_result_uses(env: Env):
+    """Once no stored result is keyed on a column (its last one dropped), a
+    write reads no pre-image for it; one stored again brings it back."""
+    q = by_customer("q_gone")
+    env.check("q_gone", q, {"c": 3}, 1)
+    before = env.counter.preimages()
+    env.write(update(ORD).where(ORD.c.id == 7).values(total=6))
+    assert env.counter.preimages() == before + 1  # which customer's is order 7?
+    env.write(update(ORD).where(ORD.c.id == 8).values(total=7))
+    assert env.counter.preimages() == before + 1  # nothing stored to save
+    env.check("q_gone", q, {"c": 3}, 1)
+    env.check("q_gone", q, {"c": 3}, 0)
+    env.write(update(ORD).where(ORD.c.id == 8).values(total=8))
+    assert env.counter.preimages() == before + 2
+    env.check("q_gone", q, {"c": 3}, None)
+
+
 def test_table_mode_drops_everything(request, tmp_path):
     for driver in ("pysqlite", "psycopg"):
         (tmp_path / driver).mkdir()

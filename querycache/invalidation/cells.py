@@ -231,10 +231,16 @@ class CellRegistry:
     def keyed_columns(
         self, scope: str, table: str, changed: frozenset[str] | None = None
     ) -> list[str]:
-        """Columns of ``table`` that some live result is keyed on. With
-        ``changed`` (an ``UPDATE``'s columns), only those of results that
-        reference one of them: :meth:`kill` skips the others whatever the
-        image's values, so their keys need no pre-image."""
+        """Columns of ``table`` that some stored result is keyed on (what a
+        pre-image could save). With ``changed`` (an ``UPDATE``'s columns), only
+        those of results that reference one of them: :meth:`kill` skips the
+        others whatever the image's values, so their keys need no pre-image.
+
+        A column none of whose results is stored any more (evicted, dropped,
+        or never admitted) is left out: without its values the write kills
+        its wildcard, which drops nothing but results still being read (they
+        are then not stored). Every result keyed on a column holds its
+        wildcard, so ``wild.keys`` tells."""
         s = self._scopes.get(scope)
         groups = s.tables.get(table) if s is not None else None
         if not groups:
@@ -245,8 +251,11 @@ class CellRegistry:
                 columns, guards = key if type(key) is tuple else (key, ())
                 if changed is not None and columns is not None and not changed & columns:
                     continue
-                keyed.update(g.columns)
-                keyed.update(p[1] for c in g.columns.values() for p in c.pages)
+                live = [(n, c) for n, c in g.columns.items() if c.wild.keys]
+                if not live and not g.every.keys:
+                    continue
+                keyed.update(n for n, _ in live)
+                keyed.update(p[1] for _, c in live for p in c.pages)
                 keyed.update(c for c, _ in guards)
             return sorted(keyed)
 
