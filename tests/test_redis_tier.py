@@ -258,27 +258,35 @@ def test_a_miss_is_mget_lease_and_one_store_round_trip(h, db, own_redis, ns):
     assert by_id(ea, 1) == [(1, "item-1", 10)]  # creates the table's version tokens
     wait_entries(admin, ns, 1)
 
-    admin.config_resetstat()
-    assert by_id(ea, 2) == [(2, "item-2", 20)]
-    # wait for the background store (its DEL), counting our own INFO calls out
-    infos = 0
-    deadline = time.monotonic() + 5
-    while True:
-        infos += 1
-        if command_counts(admin)["del"] >= 1:
+    # Redis counts read events, and a pipeline the kernel splits in two under load
+    # is two; the commands are exact, the round trips are the fewest over 3 tries.
+    trips = []
+    for item in (2, 3, 4):
+        admin.config_resetstat()
+        assert by_id(ea, item) == [(item, f"item-{item}", item * 10)]
+        # wait for the background store (its DEL), counting our own INFO calls out
+        infos = 0
+        deadline = time.monotonic() + 5
+        while True:
+            infos += 1
+            if command_counts(admin)["del"] >= 1:
+                break
+            assert time.monotonic() < deadline, "the store never happened"
+            time.sleep(0.002)
+        cmds, round_trips = server_snapshot(admin)
+        assert cmds.pop("info") == infos
+        round_trips -= infos
+        # a connection the pool opened for the background store: its HELLO
+        round_trips -= cmds.pop("hello", 0)
+        # MGET (entry + tokens), one pipeline: SET NX GET (the id's new cell token)
+        # and SET NX PX (lease), then one pipeline: SET entry + DEL lease
+        assert cmds == {"mget": 1, "set": 3, "del": 1}, cmds
+        trips.append(round_trips)
+        if round_trips == 3:
             break
-        assert time.monotonic() < deadline, "the store never happened"
-        time.sleep(0.002)
-    cmds, round_trips = server_snapshot(admin)
-    assert cmds.pop("info") == infos
-    round_trips -= infos
-    cmds.pop("hello", None)  # a connection the pool opened for the background store
-    # MGET (entry + tokens), one pipeline: SET NX GET (id 2's new cell token) and
-    # SET NX PX (lease), then one pipeline: SET entry + DEL lease
-    assert cmds == {"mget": 1, "set": 3, "del": 1}, cmds
-    assert round_trips == 3, round_trips
-    assert ta.count("FROM items") == 2
-    assert len(entry_keys(admin, ns)) == 2
+    assert min(trips) == 3, trips
+    assert ta.count("FROM items") == 1 + len(trips)
+    assert len(entry_keys(admin, ns)) == 1 + len(trips)
     assert scan_keys(admin, f"qc:{{{ns}}}:l:*") == [], "the lease must be released"
 
 
