@@ -231,6 +231,11 @@ class RedisCluster:
         self.stop()
 
 
+def _fast_tmp() -> str | None:
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
 def _unprivileged_user() -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         return None
@@ -254,7 +259,9 @@ class PostgresServer:
         self.initdb = _find_binary("initdb")
         self.pg_ctl = _find_binary("pg_ctl")
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="qc-pg-"))
+        # on tmpfs when there is one (fsync is off anyway): CREATE DATABASE
+        # and removing the cluster at the end are several times faster
+        self.dir = Path(tempfile.mkdtemp(prefix="qc-pg-", dir=_fast_tmp()))
         self.data = self.dir / "data"
         self.settings = {
             "fsync": "off",
@@ -360,6 +367,14 @@ class PostgresServer:
             for ext in extensions:
                 conn.execute(f'CREATE EXTENSION IF NOT EXISTS "{ext}"')
         return self.url("psycopg", name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database ``name`` if it exists, ending its sessions first."""
+        import psycopg
+
+        dsn = f"host=127.0.0.1 port={self.port} user={self.user} password={self.password}"
+        with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
         if self.data.exists():

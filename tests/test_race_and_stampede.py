@@ -51,6 +51,9 @@ except ImportError:  # pragma: no cover
 
 from querycache import QueryCache
 
+#: wall-clock bounds and throughput floors: `make test` runs these alone (see Makefile)
+pytestmark = pytest.mark.serial
+
 U = User.__table__
 N = 16
 WAIT = 20.0  # generous deadline for events; never reached when things work

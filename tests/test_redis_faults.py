@@ -1,7 +1,7 @@
 """Fail-open, never stale: Redis killed, paused, restarted, slow, full, read-only, evicting.
 
 Every test has its own ``redis-server`` (never the session one) and its own
-copy of the sample shop (SQLite, built once per module).
+copy of the sample shop (SQLite, built once per module, copied to tmpfs when there is one).
 
 The differential harness
 ------------------------
@@ -49,6 +49,9 @@ from sample_db.generate import build
 from sample_db.models import Base
 from sample_db.workload import Operation, Workload
 
+#: wall-clock bounds and throughput floors: `make test` runs these alone (see Makefile)
+pytestmark = pytest.mark.serial
+
 SCALE = 0.02
 TABLES = tuple(sorted(Base.metadata.tables))
 #: one cache alone: entries keep falling out of memory, so reads keep going to Redis
@@ -68,8 +71,8 @@ def shop_template(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def shop(shop_template: Path, tmp_path: Path) -> str:
-    path = tmp_path / "shop.sqlite"
+def shop(shop_template: Path, fast_dir: Path) -> str:
+    path = fast_dir / "shop.sqlite"
     shutil.copy(shop_template, path)
     return f"sqlite:///{path}"
 

@@ -44,6 +44,9 @@ from redis_worker import (
     poll,
 )
 
+#: wall-clock bounds and throughput floors: `make test` runs these alone (see Makefile)
+pytestmark = pytest.mark.serial
+
 WORKER = Path(__file__).with_name("redis_worker.py")
 
 #: the declared bound (see the module docstring)

@@ -393,6 +393,7 @@ def test_clear_and_invalidate_reach_every_cache(h, db, redis_server, ns):
     assert totals(c)["redis_hits"] == totals(d)["redis_hits"] == 0
 
 
+@pytest.mark.serial  # a wall-clock bound: `make test` runs it alone (see Makefile)
 def test_a_lease_held_elsewhere_delays_a_miss_by_at_most_lease_timeout(h, db, redis_server, ns):
     """Another process holds the lease and never stores (it died): the miss waits
     ``lease_timeout``, then runs its own query."""

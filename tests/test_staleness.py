@@ -55,6 +55,9 @@ from redis_worker import COUNTER, SqliteTrace, connected_cache, create_counter, 
 from querycache import QueryCache
 from querycache.testing import RedisServer, free_port
 
+#: wall-clock bounds and throughput floors: `make test` runs these alone (see Makefile)
+pytestmark = pytest.mark.serial
+
 HERE = Path(__file__).resolve()
 LONG = os.environ.get("QC_STALENESS_LONG") == "1"
 POINT = sa.select(COUNTER.c.v).where(COUNTER.c.id == 1)

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,20 +58,6 @@ class Zygote:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(10)
-
-
-@pytest.fixture
-def fast_dir(tmp_path):
-    """A directory on tmpfs when there is one: a SIGKILL loses nothing the
-    page cache holds, so fsync's cost (the durability against power loss) is
-    not what this test is about."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="qc-crash-", dir=shm))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
