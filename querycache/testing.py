@@ -232,8 +232,13 @@ class RedisCluster:
 
 
 def _fast_tmp() -> str | None:
+    """``/dev/shm`` when it is writable and roomy (a container's default 64 MB
+    is not: a cluster and its test databases would fill it), else None."""
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return None
+    st = os.statvfs(shm)
+    return shm if st.f_bavail * st.f_frsize >= 4 * 2**30 else None
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
