@@ -49,10 +49,22 @@ class ServerUnavailable(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Under pytest-xdist each worker takes only ports congruent to its index
+    modulo the worker count, so two workers can never pick the same one
+    between choosing it and their server binding it.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if count <= 1 or port % count == index % count:
+            return port
+    raise ServerUnavailable("no free port for this xdist worker")
 
 
 def _wait_for_port(port: int, deadline: float, proc: subprocess.Popen[bytes] | None) -> None:
