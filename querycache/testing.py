@@ -21,6 +21,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -53,16 +54,24 @@ def free_port() -> int:
 
     Under pytest-xdist each worker takes only ports congruent to its index
     modulo the worker count, so two workers can never pick the same one
-    between choosing it and their server binding it.
+    between choosing it and their server binding it. (Candidates are drawn
+    at random: Linux hands ``bind(("", 0))`` only even ports.)
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    for _ in range(1000):
+    if count <= 1 or not (worker.startswith("gw") and worker[2:].isdigit()):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if count <= 1 or port % count == index % count:
+            return int(s.getsockname()[1])
+    index = int(worker[2:]) % count
+    for _ in range(1000):
+        base = random.randrange(20_000, 60_000)
+        port = base - base % count + index
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return port
     raise ServerUnavailable("no free port for this xdist worker")
 
