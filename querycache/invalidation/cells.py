@@ -78,12 +78,22 @@ class _Column:
 
 
 class _Group:
-    __slots__ = ("columns", "every", "owners")
+    __slots__ = ("captured", "columns", "every", "owners")
 
     def __init__(self) -> None:
         self.every = Cell()
         self.columns: dict[str, _Column] = {}
         self.owners: set[Any] = set()  # counters of the statements using it
+        #: a read captured it since the last write to its table looked at it
+        self.captured = True
+
+    def idle(self) -> bool:
+        """Holds no stored result, and no read captured it since the last
+        write looked (see :meth:`CellRegistry._prune`)."""
+        if self.captured:
+            self.captured = False
+            return False
+        return not self.every.keys and not any(c.wild.keys for c in self.columns.values())
 
 
 class _Scope:
@@ -148,6 +158,8 @@ class CellRegistry:
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = _Group()
+                else:
+                    group.captured = True
                 if fp is None:
                     got = [group.every]
                 elif fp.conds:
@@ -328,18 +340,24 @@ class CellRegistry:
         changed = image.changed if image is not None else None
         dropped = 0
         verdicts: dict[Any, bool] = {}
+        idle: list[Any] = []
         for key, group in groups.items():
+            if group.idle():
+                idle.append(key)
             columns, guards = key if type(key) is tuple else (key, ())
+            touched = changed & columns if changed is not None and columns is not None else None
+            if touched is not None and not touched:
+                for owner in group.owners:  # the write changed no column they use
+                    verdicts.setdefault(owner, False)
+                continue
             if guards and image is not None and outside(guards, image, sqlite):
                 for owner in group.owners:  # no row it touched passes their filter
                     verdicts.setdefault(owner, False)
                 continue
-            if changed is not None and columns is not None:
-                touched = changed & columns
-                if not touched or (guards and same_truth(touched, guards, image, sqlite)):
-                    for owner in group.owners:  # the write changed no column they use
-                        verdicts.setdefault(owner, False)  # (or filters kept their truth)
-                    continue
+            if touched is not None and guards and same_truth(touched, guards, image, sqlite):
+                for owner in group.owners:  # the filters kept their truth
+                    verdicts.setdefault(owner, False)
+                continue
             wide = bool(group.every.keys)
             self._die(group.every)
             group.every = Cell()
@@ -364,7 +382,28 @@ class CellRegistry:
                         kill_pages(self._die, column.pages, values, image, sqlite)
             dropped += self._account(group, wide, verdicts)
         self._count(verdicts)
+        if idle:
+            self._prune(groups, idle)
         return dropped
+
+    def _prune(self, groups: dict[Any, _Group], idle: list[Any]) -> None:
+        """Forget groups that hold no stored result and that no read captured
+        since the previous write looked at them: otherwise every group ever
+        made (one per guard binding, per statement) costs every later write a
+        check. Every result of a group holds its ``every`` or a column's
+        wildcard, so killing those first fails any read still holding the
+        group's cells: it is not stored, and later reads make a new group."""
+        for key in idle:
+            group = groups.pop(key)
+            group.every.dead = True
+            for column in group.columns.values():
+                column.wild.dead = True
+                if column.joins:
+                    self._joins_changed = True
+                if len(column.eq) > 64:
+                    self.graveyard.append(column.eq)
+                if len(column.pages) > 64:
+                    self.graveyard.append(column.pages)
 
     def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
         """Kill the cells ``values`` may fall in; False if one cannot be keyed."""
