@@ -8,6 +8,11 @@
   (what ``do_commit`` runs after the database committed), precise and
   table-level. The goal: at most 1 ms added at 200,000 dependent entries,
   whatever the number dropped.
+* **guard bindings**: ``B`` executions of ``... WHERE status != ? AND
+  customer_id = ?``, each with its own ``status`` (a group of cells per
+  binding), all stored and then dropped by a write; then the mean cost of
+  the commits that follow (each writes a row of another customer). Idle
+  groups are forgotten, so it does not grow with ``B``.
 * **miss**: capturing the cells of one execution (the footprint work a miss
   adds once the SQL string was seen). Goal: < 2 µs.
 * **hit**: ``MemoryTier.get`` of an entry holding its cells, against the same
@@ -53,6 +58,28 @@ def commit_ms(invalidation: str, n: int, image: Image | None) -> float:
         gc.enable()
     cache.close()
     return ms
+
+
+GUARDED = "SELECT o.id, o.total FROM o WHERE o.status != ? AND o.customer_id = ?"
+
+
+def guarded_commit_us(bindings: int, writes: int = 2000) -> float:
+    cache = QueryCache(memory_bytes=2**31, discover_views=False)
+    plan = cache.plan(GUARDED, "sqlite")
+    for i in range(bindings):
+        params = (f"s{i}", 1)
+        cells = cache.cells.capture(SCOPE, plan.tables, plan.footprint, params, plan.stats)
+        entry = Entry((("id",), ("total",)), [(i, 1)], 1, 100)
+        cache.memory.put((1, GUARDED, params), entry, SCOPE, plan.tables, cells, 300.0)
+    tables = frozenset({"o"})
+    cache.invalidate_scope(SCOPE, tables, False, None)  # drops every entry
+    image = Image({"customer_id": [2], "status": ["new"]}, None)
+    t0 = _perf()
+    for _ in range(writes):
+        cache.invalidate_scope(SCOPE, tables, False, {"o": image})
+    us = (_perf() - t0) / writes * 1e6
+    cache.close()
+    return us
 
 
 def capture_us(rounds: int) -> float:
@@ -104,6 +131,9 @@ def main() -> None:
         a = commit_ms(mode, n, one)
         b = commit_ms(mode, n, None)
         print(f"  {mode:<12} {a:>10.3f} {b:>10.3f}")
+    print("commit cost after B guard bindings were read and dropped (µs per commit)")
+    for b in (1, 64, 1000):
+        print(f"  B={b:<5} {guarded_commit_us(b):8.1f}")
     rounds = 20_000 if args.quick else 200_000
     print(f"miss: cell capture of one execution: {capture_us(rounds):.2f} µs")
     w, wo = hit_ns(rounds)
