@@ -380,6 +380,39 @@ def test_join_lookup_keeps_items_of_other_categories(run):
     run(body)
 
 
+def test_no_join_lookup_when_no_stored_result_follows_the_join(run):
+    q = (
+        select(P.c.id.label("q_jlive"), func.sum(ITEMS.c.qty))
+        .join(ITEMS, ITEMS.c.product_id == P.c.id)
+        .where(P.c.category_id == b("cat"))
+        .group_by(P.c.id)
+        .order_by(P.c.id)
+    )
+    item = insert(ITEMS)
+
+    def lookups(c: Ctx) -> int:
+        return c.counter.count("querycache join lookup")
+
+    def body(c: Ctx) -> None:
+        c.check("q_jlive", q, {"cat": 1}, 1)
+        n0 = lookups(c)
+        c.write((item, {"order_id": 1, "product_id": 1, "qty": 5}))  # category 2
+        assert lookups(c) == n0 + 1  # a stored result follows the join: looked up
+        c.check("q_jlive", q, {"cat": 1}, 0)  # and kept
+        c.cache.memory.clear()  # the result is gone; its (new) join cell stays
+        c.check("q_jlive", q, {"cat": 1}, 1)
+        c.cache.memory.clear()
+        n1 = lookups(c)
+        c.write((item, {"order_id": 1, "product_id": 3, "qty": 5}))  # category 1
+        assert lookups(c) == n1  # nothing stored to keep: no lookup
+        assert [r[0] for r in c.check("q_jlive", q, {"cat": 1}, 1)] == [3, 6]
+        c.write((item, {"order_id": 1, "product_id": 2, "qty": 5}))  # category 3
+        assert lookups(c) == n1 + 1  # stored again: looked up again
+        c.check("q_jlive", q, {"cat": 1}, 0)
+
+    run(body)
+
+
 # -- SET c = c +/- v ----------------------------------------------------------------------
 
 

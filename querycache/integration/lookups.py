@@ -25,7 +25,9 @@ would open a transaction on the connection: it is rolled back at once.
 Only for plain tables of the catalog (not views) with lower-case plain names,
 at most ``_MAX_KEYS`` keys; a failure is logged once and the cell dies.
 Cost: one statement per followed join per committing transaction that wrote
-such a column (plus a ``ROLLBACK`` on PostgreSQL), inside ``commit()``.
+such a column (plus a ``ROLLBACK`` on PostgreSQL), inside ``commit()``,
+and only while a stored result holds the column's cells
+(:meth:`~querycache.invalidation.cells.CellRegistry.join_specs`).
 """
 
 from __future__ import annotations

@@ -273,7 +273,12 @@ class CellRegistry:
 
     def join_specs(self, scope: str, table: str) -> list[tuple[str, str, str, str]]:
         """``(own column, other table, its column, its condition column)`` of
-        every live join cell of ``table`` (what a join lookup could save)."""
+        every live join cell of ``table`` (what a join lookup could save).
+
+        Only of columns some stored result holds: a result holding a join cell
+        holds its column's wildcard too, so a column whose wildcard holds no
+        entry has no join cell worth a lookup (without one the write kills its
+        join cells, which drops nothing stored; a read in flight fails its store)."""
         s = self._scopes.get(scope)
         groups = s.tables.get(table) if s is not None else None
         if not groups:
@@ -290,7 +295,15 @@ class CellRegistry:
                         for followed in c.followed
                     }
                 )
-            return known
+            if not known:
+                return known
+            held = {
+                name
+                for g in groups.values()
+                for name, c in g.columns.items()
+                if c.joins and c.wild.keys
+            }
+            return [k for k in known if k[0] in held]
 
     def bury(self, budget: int) -> None:
         """Free up to ``budget`` cells of dropped columns."""
