@@ -413,6 +413,51 @@ def test_no_join_lookup_when_no_stored_result_follows_the_join(run):
     run(body)
 
 
+def test_psycopg_join_lookup_in_autocommit_leaves_transactions_alone(request, tmp_path):
+    """The lookup runs with psycopg's autocommit switched on between
+    transactions: the switch goes back, so the next transaction still rolls back."""
+    url = db_url("psycopg", request, tmp_path)
+    _seed(url)
+    cache = QueryCache()
+    engine = cache.wrap(create_engine(url, pool_size=1, max_overflow=0))
+    counter = counter_for(engine)
+    q = (
+        select(P.c.id.label("q_jauto"), func.sum(ITEMS.c.qty))
+        .join(ITEMS, ITEMS.c.product_id == P.c.id)
+        .where(P.c.category_id == 1)
+        .group_by(P.c.id)
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(q).all()
+        n0 = counter.count("querycache join lookup")
+        begins, rollbacks = counter.count("BEGIN"), counter.count("ROLLBACK")
+        with engine.begin() as conn:
+            conn.execute(insert(ITEMS), {"order_id": 1, "product_id": 1, "qty": 5})
+        assert counter.count("querycache join lookup") == n0 + 1
+        # one round trip: no BEGIN and ROLLBACK of its own around the lookup
+        assert counter.count("BEGIN") == begins + 1  # the write's
+        assert counter.count("ROLLBACK") == rollbacks
+        with engine.connect() as conn:
+            before = conn.execute(q).all()  # kept: product 1 is in category 2
+            assert counter.count("AS q_jauto") == 1
+            assert conn.connection.dbapi_connection.autocommit is False
+        items = select(func.count()).select_from(ITEMS).where(ITEMS.c.product_id == 3)
+        with engine.connect() as conn:
+            seeded = conn.execution_options(querycache=False).execute(items).scalar()
+        with pytest.raises(RuntimeError), engine.begin() as conn:
+            conn.execute(insert(ITEMS), {"order_id": 1, "product_id": 3, "qty": 5})
+            raise RuntimeError("roll back")
+        with engine.connect() as conn:
+            # the insert rolled back: the connection was not left in autocommit
+            assert conn.execution_options(querycache=False).execute(items).scalar() == seeded
+            assert conn.execute(q).all() == before
+    finally:
+        engine.dispose()
+        counter.close()
+        cache.close()
+
+
 # -- SET c = c +/- v ----------------------------------------------------------------------
 
 

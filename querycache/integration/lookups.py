@@ -25,7 +25,8 @@ would open a transaction on the connection: it is rolled back at once.
 Only for plain tables of the catalog (not views) with lower-case plain names,
 at most ``_MAX_KEYS`` keys; a failure is logged once and the cell dies.
 Cost: one statement per followed join per committing transaction that wrote
-such a column (plus a ``ROLLBACK`` on PostgreSQL), inside ``commit()``,
+such a column (plus ``BEGIN`` and ``ROLLBACK`` on PostgreSQL but with
+psycopg), inside ``commit()``,
 and only while a stored result holds the column's cells
 (:meth:`~querycache.invalidation.cells.CellRegistry.join_specs`).
 """
@@ -135,6 +136,27 @@ def join_lookups(binding: Any, ctx: Any) -> None:
         core.failed("join lookup", exc)
 
 
+def _autocommit_on(fairy: Any) -> Any:
+    """The psycopg (3 or 2) connection under ``fairy``, switched to autocommit
+    for the lookup (one round trip instead of ``BEGIN``, the read and
+    ``ROLLBACK``); ``None`` when that does not apply: then the lookup's
+    transaction is rolled back. Only between transactions: the switch is a
+    client-side flag there, and it is switched back before the connection
+    is used again."""
+    driver = getattr(fairy, "dbapi_connection", None)
+    if driver is None or not type(driver).__module__.startswith("psycopg"):
+        return None
+    if driver.autocommit is not False:
+        return None
+    status = getattr(getattr(driver, "info", None), "transaction_status", None)
+    if status is None:  # psycopg2
+        status = driver.get_transaction_status()
+    if status != 0:  # TRANSACTION_STATUS_IDLE in both
+        return None
+    driver.autocommit = True
+    return driver
+
+
 def resolve_lookups(binding: Any, fairy: Any, images: dict[str, Any]) -> None:
     """After a commit, before its invalidation: the lookups its images want.
     Never raises (a lookup that failed leaves its cells to die)."""
@@ -152,13 +174,20 @@ def resolve_lookups(binding: Any, fairy: Any, images: dict[str, Any]) -> None:
         if catalog is None or not hasattr(fairy, "cursor"):
             return  # (an invalidated connection: nothing to read with)
         style = binding.dialect.paramstyle
+        driver = _autocommit_on(fairy) if postgres else None
         try:
             for image, wants in todo:
                 facts = fetch_facts(fairy, style, catalog, wants, image)
                 if facts:
                     image.facts = image.merge(Image({}, None, facts)).facts
         finally:
-            if postgres and not getattr(fairy, "autocommit", False):
+            if driver is not None:
+                try:
+                    driver.autocommit = False
+                except Exception:
+                    fairy.invalidate()  # never hand back a connection left in autocommit
+                    raise
+            elif postgres and not getattr(fairy, "autocommit", False):
                 fairy.rollback()  # the transaction the lookup opened
     except Exception as exc:
         core.failed("join lookup", exc)
