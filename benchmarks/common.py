@@ -129,15 +129,11 @@ class Env:
 
     def fresh_pg(self, name: str) -> str:
         """A new database copied from the loaded sample (``CREATE DATABASE ... TEMPLATE``)."""
-        import psycopg
-
         assert self.pg is not None
-        pg = self.pg
-        dsn = f"host=127.0.0.1 port={pg.port} user={pg.user} password={pg.password}"
-        with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.pg.drop_database(name)
+        with self.pg.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "shop"')
-        return pg.url("psycopg", name)
+        return self.pg.url("psycopg", name)
 
     def fresh_sqlite(self, name: str) -> str:
         """A new copy of the pristine SQLite sample."""

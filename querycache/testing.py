@@ -28,8 +28,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 __all__ = [
     "PostgresServer",
@@ -379,27 +380,30 @@ class PostgresServer:
         """A SQLAlchemy URL; ``driver`` is ``psycopg`` or ``asyncpg``."""
         return f"postgresql+{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
+    @contextlib.contextmanager
+    def admin(self, database: str = "postgres") -> Iterator[Any]:
+        """An autocommit psycopg connection to ``database``, as the superuser."""
+        import psycopg
+
+        dsn = f"host=127.0.0.1 port={self.port} user={self.user} password={self.password}"
+        with psycopg.connect(dsn + f" dbname={database}", autocommit=True) as conn:
+            yield conn
+
     def create_database(
         self, name: str, *, extensions: tuple[str, ...] = ("pg_stat_statements",)
     ) -> str:
         """Create database ``name`` (with ``extensions``); return its psycopg URL."""
-        import psycopg
-
-        dsn = f"host=127.0.0.1 port={self.port} user={self.user} password={self.password}"
-        with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.drop_database(name)
+        with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        with psycopg.connect(dsn + f" dbname={name}", autocommit=True) as conn:
+        with self.admin(name) as conn:
             for ext in extensions:
                 conn.execute(f'CREATE EXTENSION IF NOT EXISTS "{ext}"')
         return self.url("psycopg", name)
 
     def drop_database(self, name: str) -> None:
         """Drop database ``name`` if it exists, ending its sessions first."""
-        import psycopg
-
-        dsn = f"host=127.0.0.1 port={self.port} user={self.user} password={self.password}"
-        with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as conn:
+        with self.admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:

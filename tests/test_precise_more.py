@@ -341,14 +341,20 @@ def test_insertmanyvalues_form_parses_as_rows():
 # -- join lookups -------------------------------------------------------------------------
 
 
-def test_join_lookup_keeps_items_of_other_categories(run):
-    q = (
-        select(P.c.id.label("q_join"), func.sum(ITEMS.c.qty))
+def by_category(label: str) -> Any:
+    """Items' quantities per product of category ``:cat``: a join cell of the
+    items, followed through ``product_id`` to the products' ``category_id``."""
+    return (
+        select(P.c.id.label(label), func.sum(ITEMS.c.qty))
         .join(ITEMS, ITEMS.c.product_id == P.c.id)
         .where(P.c.category_id == b("cat"))
         .group_by(P.c.id)
         .order_by(P.c.id)
     )
+
+
+def test_join_lookup_keeps_items_of_other_categories(run):
+    q = by_category("q_join")
     item = insert(ITEMS)
 
     def body(c: Ctx) -> None:
@@ -381,13 +387,7 @@ def test_join_lookup_keeps_items_of_other_categories(run):
 
 
 def test_no_join_lookup_when_no_stored_result_follows_the_join(run):
-    q = (
-        select(P.c.id.label("q_jlive"), func.sum(ITEMS.c.qty))
-        .join(ITEMS, ITEMS.c.product_id == P.c.id)
-        .where(P.c.category_id == b("cat"))
-        .group_by(P.c.id)
-        .order_by(P.c.id)
-    )
+    q = by_category("q_jlive")
     item = insert(ITEMS)
 
     def lookups(c: Ctx) -> int:
@@ -421,12 +421,7 @@ def test_psycopg_join_lookup_in_autocommit_leaves_transactions_alone(request, tm
     cache = QueryCache()
     engine = cache.wrap(create_engine(url, pool_size=1, max_overflow=0))
     counter = counter_for(engine)
-    q = (
-        select(P.c.id.label("q_jauto"), func.sum(ITEMS.c.qty))
-        .join(ITEMS, ITEMS.c.product_id == P.c.id)
-        .where(P.c.category_id == 1)
-        .group_by(P.c.id)
-    )
+    q = by_category("q_jauto").params(cat=1)
     try:
         with engine.connect() as conn:
             conn.execute(q).all()

@@ -87,13 +87,18 @@ class _Group:
         #: a read captured it since the last write to its table looked at it
         self.captured = True
 
+    def held(self) -> list[tuple[str, _Column]]:
+        """Its columns some stored result holds (every result keyed on, or
+        joined through, a column holds the column's wildcard)."""
+        return [(n, c) for n, c in self.columns.items() if c.wild.keys]
+
     def idle(self) -> bool:
         """Holds no stored result, and no read captured it since the last
         write looked (see :meth:`CellRegistry._prune`)."""
         if self.captured:
             self.captured = False
             return False
-        return not self.every.keys and not any(c.wild.keys for c in self.columns.values())
+        return not self.every.keys and not self.held()
 
 
 class _Scope:
@@ -263,7 +268,7 @@ class CellRegistry:
                 columns, guards = key if type(key) is tuple else (key, ())
                 if changed is not None and columns is not None and not changed & columns:
                     continue
-                live = [(n, c) for n, c in g.columns.items() if c.wild.keys]
+                live = g.held()
                 if not live and not g.every.keys:
                     continue
                 keyed.update(n for n, _ in live)
@@ -297,12 +302,7 @@ class CellRegistry:
                 )
             if not known:
                 return known
-            held = {
-                name
-                for g in groups.values()
-                for name, c in g.columns.items()
-                if c.joins and c.wild.keys
-            }
+            held = {name for g in groups.values() for name, c in g.held() if c.joins}
             return [k for k in known if k[0] in held]
 
     def bury(self, budget: int) -> None:
