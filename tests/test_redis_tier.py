@@ -719,6 +719,11 @@ async def wait_for_entries(client: redis.Redis, ns: str, n: int, timeout: float 
 # -- 2b. signing_key ---------------------------------------------------------------------------
 
 
+def channel_lost(cache: QueryCache) -> bool:
+    """Whether the cache's invalidation channel dropped at some point."""
+    return bool(cache.report().as_dict()["events"].get("invalidation channel lost"))
+
+
 def failed_decodes(cache: QueryCache) -> int:
     events = cache.report().as_dict()["events"]
     return sum(n for name, n in events.items() if "decode" in name)
@@ -783,15 +788,20 @@ def test_garbage_forged_or_pickled_values_under_a_live_key_are_misses(
         "empty": b"",
     }
     for name, value in planted.items():
-        admin.set(rkey, value, keepttl=True)
-        c = h.cache(redis_url=redis_server.url, namespace=ns, signing_key=key)
-        ec = h.engine(c, db)
-        tc = h.trace(ec)
-        assert by_id(ec, 6) == [(6, "item-6", 60)], name
-        assert tc.count("FROM items") == 1, f"{name}: not a miss"
-        assert totals(c)["redis_hits"] == 0, name
+        for _attempt in range(3):
+            admin.set(rkey, value, keepttl=True)
+            c = h.cache(redis_url=redis_server.url, namespace=ns, signing_key=key)
+            ec = h.engine(c, db)
+            tc = h.trace(ec)
+            assert by_id(ec, 6) == [(6, "item-6", 60)], name
+            assert tc.count("FROM items") == 1, f"{name}: not a miss"
+            assert totals(c)["redis_hits"] == 0, name
+            assert not marker.exists()
+            if not channel_lost(c):
+                break
+            # a bus starved on a loaded machine suspends the shared tier: then
+            # the value was never read, and this case proves nothing; again
         assert failed_decodes(c) == 1, f"{name}: not counted"
-        assert not marker.exists()
         wait_replaced(admin, rkey, value)  # c stored the real rows again
     # control: the forged structure *is* accepted when signed with the right key,
     # so the rejections above came from the signature check

@@ -228,7 +228,7 @@ class CachingContext:
                 got = _fill(cursor, rows, want)
                 if got < want:
                     break  # the whole result
-                size += rows_size(rows[-got:])
+                size += rows_size(rows[-got:], _CHUNK_SAMPLE)  # (measured again if stored)
                 if size > limit:  # stream the rest: fetched ahead only this far
                     self.cursor = ChainCursor(description, _tuples(rows), cursor)
                     self._qc_unstored(miss, "larger than max_entry_bytes")
@@ -299,6 +299,8 @@ class CachingContext:
 
 
 _FIRST_CHUNK = 64
+#: rows sized per fetched chunk, to stop buffering past ``max_entry_bytes``
+_CHUNK_SAMPLE = 8
 _MAX_CHUNK = 10_000
 
 
@@ -355,7 +357,10 @@ def plain_description(plan: Any, ident: int, raw: Any) -> tuple[tuple[Any, ...],
     """``raw`` (a driver's description, e.g. psycopg's ``Column`` objects) as
     plain tuples; converted once per statement, engine and shape, then shared
     by every entry of that statement."""
-    signature = (ident, *[(d[0], d[1]) for d in raw])
+    try:  # psycopg's Column: its attributes are much cheaper than d[0], d[1]
+        signature = (ident, *[(d.name, d.type_code) for d in raw])
+    except AttributeError:
+        signature = (ident, *[(d[0], d[1]) for d in raw])
     known = plan.description
     if known is not None and known[0] == signature:
         return known[1]  # type: ignore[no-any-return]

@@ -98,7 +98,7 @@ class _Group:
         if self.captured:
             self.captured = False
             return False
-        return not self.every.keys and not self.held()
+        return not self.every.keys and not any(c.wild.keys for c in self.columns.values())
 
 
 class _Scope:

@@ -14,6 +14,7 @@ import decimal
 import enum
 import sys
 import uuid
+from itertools import chain
 from typing import Any
 
 from querycache.keys import ADDRESSES
@@ -21,6 +22,13 @@ from querycache.keys import ADDRESSES
 getsizeof = _getsizeof = sys.getsizeof
 _SAMPLE = 64
 _FREE = (type(None), bool)
+#: sizes of the common values, without a call: an int of one 30-bit digit, an
+#: ASCII str without its characters, a datetime, a float
+_DIGIT = 2**30
+_INT = _getsizeof(_DIGIT - 1)
+_STR = _getsizeof("")
+_DATETIME = _getsizeof(datetime.datetime(2000, 1, 1))
+_FLOAT = _getsizeof(0.5)
 
 #: types whose values nobody can change: handed to every hit as they are
 IMMUTABLE = (
@@ -108,57 +116,69 @@ def value_size(v: Any) -> int:
 
 
 def measure(rows: list[tuple[Any, ...]]) -> tuple[int, bool]:
-    """``(rows_size(rows), whether any value may be mutable)``, in one pass
-    over small results. "Mutable" is anything not :func:`frozen` (a hit then
-    hands out copies, :func:`~querycache.tiers.base.thaw`); ``TypeError`` when
-    a value could not be copied (the result must not be stored)."""
-    if len(rows) > _SAMPLE:
-        return rows_size(rows), has_mutable(rows)
-    part = _getsizeof(rows)
+    """``(rows_size(rows), whether any value may be mutable)``. "Mutable" is
+    anything not :func:`frozen` (a hit then hands out copies,
+    :func:`~querycache.tiers.base.thaw`); ``TypeError`` when a value could not
+    be copied (the result must not be stored). Sizes are sampled above 64
+    rows; mutability is checked on every value."""
+    if len(rows) <= _SAMPLE:
+        part, mutable = _part(rows)
+        return _getsizeof(rows) + part, mutable
+    part, _ = _part(_sample(rows))
+    return _getsizeof(rows) + part * len(rows) // _SAMPLE, has_mutable(rows)
+
+
+def _part(rows: list[tuple[Any, ...]], check: bool = True) -> tuple[int, bool]:
+    """Bytes of ``rows``' tuples and values, and (with ``check``) whether one
+    may be mutable."""
+    part = _getsizeof(rows[0]) * len(rows) if rows else 0  # (rows of a result: one width)
     mutable = False
     for row in rows:
-        part += _getsizeof(row)
         for v in row:
-            t = type(v)  # the common types inline: this loop is on every miss
+            t = type(v)  # the common types inline, sized without a call: on every miss
             if t is int:
                 if not -5 <= v <= 256:
-                    part += _getsizeof(v)
+                    part += _INT if -_DIGIT < v < _DIGIT else _getsizeof(v)
             elif t is str:
-                if len(v) > 1 or not v.isascii():
+                if not v.isascii():
                     part += _getsizeof(v)
-            elif t is float or t is datetime.datetime:
-                part += _getsizeof(v)
+                elif len(v) > 1:
+                    part += _STR + len(v)
+            elif t is datetime.datetime:
+                part += _DATETIME
+            elif t is float:
+                part += _FLOAT
             elif t not in _FREE:
-                if t not in IMMUTABLE and not _shareable(v):
+                if check and t not in IMMUTABLE and not _shareable(v):
                     mutable = True
                 part += value_size(v)
     return part, mutable
 
 
+def _sample(rows: list[tuple[Any, ...]], n: int = _SAMPLE) -> list[tuple[Any, ...]]:
+    step = len(rows) / n
+    return [rows[int(i * step)] for i in range(n)]
+
+
 def has_mutable(rows: list[tuple[Any, ...]]) -> bool:
     """Whether any value in ``rows`` may be mutable (see :func:`measure`)."""
+    # the types present first, in C: a result of plain column types (nearly
+    # every result) is then settled without a Python step per value
+    odd = set(map(type, chain.from_iterable(rows))) - IMMUTABLE
+    if not odd:
+        return False
     mutable = False
     for row in rows:
         for v in row:
-            if type(v) not in IMMUTABLE and not _shareable(v):
+            if type(v) in odd and not _shareable(v):  # (every one: it may not copy)
                 mutable = True
     return mutable
 
 
-def rows_size(rows: list[tuple[Any, ...]]) -> int:
-    """Bytes held by a list of row tuples (sampled above 64 rows)."""
+def rows_size(rows: list[tuple[Any, ...]], sample: int = _SAMPLE) -> int:
+    """Bytes held by a list of row tuples (measured on ``sample`` of them,
+    evenly spread, and scaled)."""
     n = len(rows)
-    total = _getsizeof(rows)
-    if n == 0:
-        return total
-    if n <= _SAMPLE:
-        sample = rows
-    else:
-        step = n / _SAMPLE
-        sample = [rows[int(i * step)] for i in range(_SAMPLE)]
-    part = 0
-    for row in sample:
-        part += _getsizeof(row)
-        for v in row:
-            part += value_size(v)
-    return total + part * n // len(sample)
+    if n <= sample:
+        return _getsizeof(rows) + _part(rows, False)[0]
+    return _getsizeof(rows) + _part(_sample(rows, sample), False)[0] * n // sample
