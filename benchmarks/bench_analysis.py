@@ -163,6 +163,37 @@ def memo_costs() -> dict[str, float]:
     }
 
 
+def list_lengths(lengths: range = range(2, 202)) -> dict[str, float]:
+    """First analysis of a ``selectinload``-style statement at each list length
+    (each a new SQL string): from the shared template, and in full."""
+    from querycache.analysis import analyzer as module
+
+    def sql(n: int) -> str:
+        items = ", ".join(f"%(order_id_1_{i})s::INTEGER" for i in range(1, n + 1))
+        return (
+            "SELECT order_items.order_id, order_items.id, order_items.product_id, "
+            "order_items.quantity FROM order_items "
+            f"WHERE order_items.order_id IN ({items}) ORDER BY order_items.id"
+        )
+
+    strings = [sql(n) for n in lengths]
+    out = {}
+    for label, shared in (("from the template", True), ("analysed in full", False)):
+        collapse = module.collapse
+        if not shared:
+            module.collapse = lambda sql, family: None  # type: ignore[assignment]
+        try:
+            an = module.Analyzer()
+            an.analyze(sql(1), "postgresql")
+            t0 = time.perf_counter()
+            for text in strings:
+                an.analyze(text, "postgresql")
+            out[label] = (time.perf_counter() - t0) / len(strings) * 1e6
+        finally:
+            module.collapse = collapse
+    return out
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -188,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the pure-Python run loaded compiled sqlglot ({pure}); aborting")
         return 1
     memo = memo_costs()
+    lists = list_lengths()
 
     print(
         f"querycache analysis benchmark: {compiled['statements']} corpus statements, "
@@ -212,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'memoized repeat':<34}{'µs/call':>11}")
     for label, us in memo.items():
         print(f"{label:<34}{us:>11.3f}")
+    print()
+    print(f"{'a new IN-list length (selectin)':<34}{'µs/call':>11}")
+    for label, us in lists.items():
+        print(f"{label:<34}{us:>11.0f}")
     hit = memo["Analyzer.analyze (memo hit)"]
     verdict = "OK" if hit <= HIT_BUDGET_US else "OVER BUDGET"
     print(f"memo hit budget {HIT_BUDGET_US} µs: {verdict}")

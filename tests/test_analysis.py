@@ -421,7 +421,14 @@ def test_long_strings_are_not_memoized_but_analysed() -> None:
     sql = "SELECT * FROM t WHERE id IN (" + ", ".join(["?"] * 30_000) + ")"
     a = an.analyze(sql, "sqlite")
     assert a.cacheable and a.tables_read == {"t"}
-    assert an.memo_info().currsize == 0
+    # only the short template of its IN list is memoized (querycache.analysis.inlists)
+    assert an.memo_info().currsize == 1
+    longer = "SELECT * FROM t WHERE id IN (" + ", ".join(["?"] * 30_001) + ")"
+    assert an.analyze(longer, "sqlite").footprint.tables["t"].conds[0].values[-1] == ("p", 30_000)
+    assert an.memo_info().currsize == 1
+    other = "SELECT * FROM t WHERE name = '" + "x" * 70_000 + "'"
+    assert an.analyze(other, "sqlite").cacheable
+    assert an.memo_info().currsize == 1
 
 
 # -- ALL, Analysis -------------------------------------------------------------------------------

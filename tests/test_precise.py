@@ -521,7 +521,7 @@ def _read_params(rng: random.Random) -> tuple[int, dict[str, Any]]:
     lo = rng.randrange(100)
     params = {
         "c": rng.choice(CUSTOMERS),
-        "cs": rng.sample(list(CUSTOMERS), 2),
+        "cs": rng.sample(list(CUSTOMERS), rng.randint(1, 4)),  # every list length: one analysis
         "a": day,
         "e": day + dt.timedelta(days=rng.randrange(1, 15)),
         "lo": lo,

@@ -11,6 +11,7 @@ from typing import Any, Final
 from querycache.analysis.classify import Part, classify_keywords
 from querycache.analysis.fingerprint import fingerprint_id
 from querycache.analysis.footprints import footprint_of
+from querycache.analysis.inlists import collapse, expand
 from querycache.analysis.model import ALL, Analysis, Written
 from querycache.analysis.placeholders import (
     Unterminated,
@@ -238,6 +239,9 @@ class Analyzer:
 
     def _compute(self, sql: Any, dialect: Any, settings: Settings) -> Analysis:
         try:
+            shared = self._from_template(sql, dialect, settings)
+            if shared is not None:
+                return shared
             analysis = self._analyze(sql, dialect, settings)
             if analysis.cacheable or analysis.kind == "write":
                 footprint = footprint_of(sql, dialect)
@@ -248,6 +252,18 @@ class Analyzer:
             return _failure()
         except Exception:
             return _failure()
+
+    def _from_template(self, sql: Any, dialect: Any, settings: Settings) -> Analysis | None:
+        """One analysis for every length of an ``IN`` list (:mod:`.inlists`)."""
+        if not isinstance(sql, str) or not isinstance(dialect, str):
+            return None
+        if len(sql) > self.max_sql_length or " IN " not in sql.upper():
+            return None  # (too long: refused whatever its shape)
+        shape = collapse(sql, family_of(DIALECTS.get(dialect.lower())))
+        if shape is None:
+            return None
+        template, mapping = shape
+        return expand(self._memo(template, dialect, settings), mapping)
 
     def _analyze(self, sql: Any, dialect: Any, settings: Settings) -> Analysis:
         if not isinstance(sql, str):
