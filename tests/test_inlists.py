@@ -71,7 +71,7 @@ def statements(n: int) -> dict[str, Any]:
         "tuple in": select(t).where(tuple_(t.c.id, t.c.s).in_(list(zip(ids, names, strict=True)))),
         "in a cte": select(cte.c.id).where(cte.c.s == "z"),
         "in a derived table": select(sub.c.id).where(sub.c.d > DAY),
-        "literal list": select(t).where(t.c.id.in_(ids[:1] + [bindparam("y", value=9)])),
+        "literal list": select(t).where(t.c.id.in_([*ids[:1], bindparam("y", value=9)])),
     }
 
 
