@@ -47,6 +47,7 @@ import re
 import struct
 import uuid
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["NULL", "OPAQUE", "TEXT", "adapt", "in_range", "loose"]
@@ -95,19 +96,7 @@ def loose(v: Any) -> Any:
     if t is int or t is bool:
         return _int_key(int(v))
     if t is str:
-        s = v.strip()
-        if _NUMERIC.match(s):
-            try:
-                return _decimal_key(Decimal(s))
-            except InvalidOperation:
-                return None
-        s = s.casefold()
-        if s == "true" or s == "false":  # a boolean written into a text column
-            return 1 if s == "true" else 0
-        if not s.isascii():
-            # a Turkish locale's lower() maps I to dotless i, and İ to i
-            s = s.replace("\u0131", "i").replace("\u0307", "")
-        return s.replace("-", "")
+        return _loose_text(v) if len(v) <= _MEMO_TEXT else _loose_str(v)
     if t is float:
         if v.is_integer() and -_F8 <= v <= _F8:
             return _int_key(int(v))
@@ -121,6 +110,28 @@ def loose(v: Any) -> Any:
     if t is dt.date:
         return v.isoformat().replace("-", "")
     return None
+
+
+def _loose_str(v: str) -> Any:
+    s = v.strip()
+    if _NUMERIC.match(s):
+        try:
+            return _decimal_key(Decimal(s))
+        except InvalidOperation:
+            return None
+    s = s.casefold()
+    if s == "true" or s == "false":  # a boolean written into a text column
+        return 1 if s == "true" else 0
+    if not s.isascii():
+        # a Turkish locale's lower() maps I to dotless i, and İ to i
+        s = s.replace("\u0131", "i").replace("\u0307", "")
+    return s.replace("-", "")
+
+
+#: texts up to this length have their loose key memoized: the same values
+#: (statuses, dates) are checked against every group a write looks at
+_MEMO_TEXT = 64
+_loose_text = lru_cache(maxsize=8192)(_loose_str)
 
 
 # -- ranges -------------------------------------------------------------------
@@ -202,13 +213,25 @@ def _comparable(a: Any, b: Any) -> bool:
     return ta is dt.date and tb is dt.date
 
 
-def _iso_fails(v: str, op: str, b: str) -> bool:
-    """SQLite ISO date texts: fails under the BINARY, NOCASE and RTRIM collations."""
+def _iso_fails(v: tuple[str, str, str], op: str, b: tuple[str, str, str]) -> bool:
+    """SQLite ISO date texts (:func:`_iso`): fails under the BINARY, NOCASE
+    and RTRIM collations."""
     return (
-        _fails(v, v, op, b)
-        and _fails(v.lower(), v.lower(), op, b.lower())
-        and _fails(v.rstrip(" "), v.rstrip(" "), op, b.rstrip(" "))
+        _fails(v[0], v[0], op, b[0])
+        and _fails(v[1], v[1], op, b[1])
+        and _fails(v[2], v[2], op, b[2])
     )
+
+
+def _iso_forms(s: str) -> tuple[str, str, str] | None:
+    """An ISO date text as the BINARY, NOCASE and RTRIM collations see it;
+    None for any other text."""
+    if not _ISO_DATE.match(s):
+        return None
+    return s, s.lower(), s.rstrip(" ")
+
+
+_iso = lru_cache(maxsize=4096)(_iso_forms)
 
 
 def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
@@ -217,11 +240,16 @@ def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
         return False  # NULL satisfies no comparison
     tv = type(v)
     if tv is str:
-        if not sqlite or not _ISO_DATE.match(v):
+        if not sqlite:
+            return True
+        fv = _iso(v) if len(v) <= _MEMO_TEXT else _iso_forms(v)
+        if fv is None:
             return True
         for op, b in bounds:
-            if type(b) is str and _ISO_DATE.match(b) and _iso_fails(v, op, b):
-                return False
+            if type(b) is str:
+                fb = _iso(b) if len(b) <= _MEMO_TEXT else _iso_forms(b)
+                if fb is not None and _iso_fails(fv, op, fb):
+                    return False
         return True
     if (
         tv is dt.datetime
