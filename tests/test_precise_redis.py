@@ -108,13 +108,14 @@ class Reader:
         self.engine = sa.create_engine(url)
         self.count = SqliteTrace(self.engine) if url.startswith("sqlite") else PgStatements(url)
         # a long redis_timeout and staleness bound: on a loaded machine a late
-        # PONG would put the lease in doubt (or drop the channel), and Redis
-        # lookups are skipped meanwhile; these tests are about precision
+        # PONG would put the lease in doubt, or drop the channel (after three
+        # ping intervals, min(bound / 4, timeout / 5) each), and Redis lookups
+        # are skipped meanwhile; these tests are about precision
         self.cache = connected_cache(
             redis_url=redis_url,
             namespace=namespace,
             invalidation=invalidation,
-            redis_timeout=0.5,
+            redis_timeout=5.0,
             staleness_bound=5.0,
         )
         self.cache.wrap(self.engine)
