@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from sqlglot import exp
 
-from querycache.analysis.placeholders import _compiled
+from querycache.analysis.placeholders import _compiled, named_accessor
 
 __all__ = [
     "SQLGLOT",
@@ -123,15 +123,11 @@ def markers(sql: str, family: str) -> tuple[str | None, list[Any]]:
         if group == "pct":
             out.append("%")
             continue
-        if group == "pyformat":
-            accessors.append(token[2:-2])
-        elif group == "named" or group == "sqlitenamed":
-            accessors.append(token[1:])
-        elif group == "numeric" or (group == "qmark" and len(token) > 1):
-            accessors.append(int(token[1:]) - 1)
-        else:  # format %s, qmark ?
-            accessors.append(positional)
+        accessor = named_accessor(group, token)  # type: ignore[arg-type]
+        if accessor is None:  # format %s, qmark ?
+            accessor = positional
             positional += 1
+        accessors.append(accessor)
         out.append(f" :qcp{len(accessors) - 1} ")
     out.append(sql[pos:])
     return "".join(out), accessors

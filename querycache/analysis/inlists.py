@@ -28,7 +28,7 @@ from typing import Any
 from querycache.analysis.conditions import Cond, Src
 from querycache.analysis.footprints import ReadFootprint
 from querycache.analysis.model import Analysis
-from querycache.analysis.placeholders import PG, SQLITE, _compiled
+from querycache.analysis.placeholders import PG, SQLITE, _compiled, named_accessor
 
 __all__ = ["collapse", "expand"]
 
@@ -63,17 +63,13 @@ def collapse(sql: str, family: str) -> tuple[str, Mapping_] | None:
         if group not in _STYLES:
             tokens.append((m.start(), m.end(), None, None))
             continue
-        token = m.group()
         style: str = group  # type: ignore[assignment]
-        if group == "pyformat":
-            accessor: Any = token[2:-2]
-        elif group in ("named", "sqlitenamed"):
-            accessor = token[1:]
-        elif group == "numeric" or (group == "qmark" and len(token) > 1):
-            accessor, style = int(token[1:]) - 1, "numbered"
-        else:
+        accessor = named_accessor(style, m.group())
+        if accessor is None:
             accessor = positional
             positional += 1
+        elif type(accessor) is int:
+            style = "numbered"  # ($3, ?3: explicit, nothing to shift)
         tokens.append((m.start(), m.end(), style, accessor))
     runs = _runs(sql, tokens)
     if not runs:

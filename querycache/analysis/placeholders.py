@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
 # Families the lexer distinguishes; anything else is lexed like "generic".
 PG, MYSQL, SQLITE, GENERIC = "postgres", "mysql", "sqlite", "generic"
@@ -69,6 +70,19 @@ def _compiled(family: str) -> re.Pattern[str]:
 
 _EXECUTABLE_COMMENT = re.compile(r"/\*!\d*([\s\S]*?)\*/")
 _PLACEHOLDER_GROUPS = frozenset({"pyformat", "format", "numeric", "qmark", "named", "sqlitenamed"})
+
+
+def named_accessor(group: str, token: str) -> Any:
+    """The DBAPI accessor a placeholder token names itself: its parameter name
+    (``%(name)s``, ``:name``, ``@name``) or its 0-based number (``$3``,
+    ``?3``); ``None`` for ``%s`` and ``?``, which count by position."""
+    if group == "pyformat":
+        return token[2:-2]
+    if group == "named" or group == "sqlitenamed":
+        return token[1:]
+    if group == "numeric" or (group == "qmark" and len(token) > 1):
+        return int(token[1:]) - 1
+    return None
 
 
 class Unterminated(ValueError):

@@ -383,10 +383,7 @@ class CellRegistry:
                     wide = wide or bool(column.wild.keys)
                     self._die(column.wild)  # every cell of the column with it
                     del group.columns[name]
-                    if len(column.eq) > 64:
-                        self.graveyard.append(column.eq)
-                    if len(column.pages) > 64:
-                        self.graveyard.append(column.pages)
+                    self._bury_later(column)
                 else:
                     if column.joins:
                         kill_joins(self._die, column.joins, values, sqlite, writes, image)
@@ -413,10 +410,15 @@ class CellRegistry:
                 column.wild.dead = True
                 if column.joins:
                     self._joins_changed = True
-                if len(column.eq) > 64:
-                    self.graveyard.append(column.eq)
-                if len(column.pages) > 64:
-                    self.graveyard.append(column.pages)
+                self._bury_later(column)
+
+    def _bury_later(self, column: _Column) -> None:
+        """A dropped column's large dicts of cells go to the graveyard
+        (:meth:`bury` frees them a batch at a time, not in this commit)."""
+        if len(column.eq) > 64:
+            self.graveyard.append(column.eq)
+        if len(column.pages) > 64:
+            self.graveyard.append(column.pages)
 
     def _kill_values(self, column: _Column, values: list[Any], sqlite: bool) -> bool:
         """Kill the cells ``values`` may fall in; False if one cannot be keyed."""

@@ -96,7 +96,7 @@ def loose(v: Any) -> Any:
     if t is int or t is bool:
         return _int_key(int(v))
     if t is str:
-        return _loose_text(v) if len(v) <= _MEMO_TEXT else _loose_str(v)
+        return _loose_memo(v) if len(v) <= _MEMO_TEXT else _loose_str(v)
     if t is float:
         if v.is_integer() and -_F8 <= v <= _F8:
             return _int_key(int(v))
@@ -131,7 +131,7 @@ def _loose_str(v: str) -> Any:
 #: texts up to this length have their loose key memoized: the same values
 #: (statuses, dates) are checked against every group a write looks at
 _MEMO_TEXT = 64
-_loose_text = lru_cache(maxsize=8192)(_loose_str)
+_loose_memo = lru_cache(maxsize=8192)(_loose_str)
 
 
 # -- ranges -------------------------------------------------------------------
@@ -231,7 +231,11 @@ def _iso_forms(s: str) -> tuple[str, str, str] | None:
     return s, s.lower(), s.rstrip(" ")
 
 
-_iso = lru_cache(maxsize=4096)(_iso_forms)
+_iso_memo = lru_cache(maxsize=4096)(_iso_forms)
+
+
+def _iso(s: str) -> tuple[str, str, str] | None:
+    return _iso_memo(s) if len(s) <= _MEMO_TEXT else _iso_forms(s)
 
 
 def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
@@ -242,12 +246,12 @@ def in_range(v: Any, bounds: tuple[tuple[str, Any], ...], sqlite: bool) -> bool:
     if tv is str:
         if not sqlite:
             return True
-        fv = _iso(v) if len(v) <= _MEMO_TEXT else _iso_forms(v)
+        fv = _iso(v)
         if fv is None:
             return True
         for op, b in bounds:
             if type(b) is str:
-                fb = _iso(b) if len(b) <= _MEMO_TEXT else _iso_forms(b)
+                fb = _iso(b)
                 if fb is not None and _iso_fails(fv, op, fb):
                     return False
         return True
