@@ -112,9 +112,11 @@ class Harness:
     def cache(self, **kw: Any) -> QueryCache:
         # these tests are not about timeouts: a reply slower than the 50 ms
         # default on a loaded machine must not turn an expected hit into a miss
-        kw.setdefault("redis_timeout", 0.5)
+        kw.setdefault("redis_timeout", 5.0)
         kw.setdefault("publish_stats", None)  # these tests count every Redis command
-        # nor about the lease: a bus thread starved for 50 ms must not either
+        # nor about the lease: a bus thread starved for 50 ms must not either,
+        # nor one starved for 350 ms drop the channel (three ping intervals of
+        # min(staleness_bound / 4, redis_timeout / 5): 3 s with these)
         kw.setdefault("staleness_bound", 5.0)
         cache = connected_cache(**kw)
         self.caches.append(cache)
